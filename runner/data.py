@@ -1,0 +1,161 @@
+"""Framework-neutral datasets: uint8 images (N, H, W, 3), int64 labels, class names, a seeded split.
+
+A PyTorch run and a TensorFlow run of the same spec see exactly the same images in each split.
+"""
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runner.errors import UserError
+from schemas import DatasetSpec
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_FILES = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+@dataclass
+class Splits:
+    """Train, validation and test arrays of one dataset."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    val_x: np.ndarray
+    val_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    class_names: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train_y), "val": len(self.val_y), "test": len(self.test_y)}
+
+
+def cifar10_root(spec: DatasetSpec, cache: Path) -> Path:
+    """The folder that holds (or will hold) cifar-10-batches-py/."""
+    if spec.path:
+        root = Path(spec.path).expanduser()
+        return root.parent if root.name == CIFAR10_FOLDER else root
+    return Path(cache) / "datasets" / "cifar10"
+
+
+def missing_files(spec: DatasetSpec, cache: Path) -> list[Path]:
+    """Files the dataset needs that are not there (empty when it can be loaded offline)."""
+    if spec.name == "cifar10":
+        folder = cifar10_root(spec, cache) / CIFAR10_FOLDER
+        return [folder / f for f in CIFAR10_FILES if not (folder / f).is_file()]
+    if spec.name == "imagefolder":
+        root = Path(spec.path or "").expanduser()
+        return [] if root.is_dir() else [root]
+    return []
+
+
+def load(spec: DatasetSpec, cache: Path) -> Splits:
+    """Load and split the dataset the spec names, reading only local files."""
+    loader = {"cifar10": _cifar10, "digits": _digits, "synthetic": _synthetic, "imagefolder": _imagefolder}
+    return loader[spec.name](spec, Path(cache))
+
+
+def _cifar10(spec: DatasetSpec, cache: Path) -> Splits:
+    missing = missing_files(spec, cache)
+    if missing:
+        folder = cifar10_root(spec, cache) / CIFAR10_FOLDER
+        raise UserError(
+            f"CIFAR-10 is not at {folder} (missing {', '.join(p.name for p in missing)}). "
+            f"Fix: extract {CIFAR10_URL} there, or let `gridrun run` download it on a machine with network."
+        )
+    folder = cifar10_root(spec, cache) / CIFAR10_FOLDER
+
+    def batch(name: str) -> tuple[np.ndarray, np.ndarray]:
+        with open(folder / name, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        return np.ascontiguousarray(x), np.asarray(d[b"labels"], dtype=np.int64)
+
+    parts = [batch(f"data_batch_{i}") for i in range(1, 6)]
+    x = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    test_x, test_y = batch("test_batch")
+    with open(folder / "batches.meta", "rb") as f:
+        names = [n.decode() for n in pickle.load(f, encoding="bytes")[b"label_names"]]
+    return _split(spec, x, y, names, test=(test_x, test_y))
+
+
+def _digits(spec: DatasetSpec, cache: Path) -> Splits:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    # 8x8 grey levels 0..16 -> uint8 RGB; the trainer's resize upscales on the device.
+    x = np.repeat((d.images * (255 / 16)).round().astype(np.uint8)[..., None], 3, axis=3)
+    return _split(spec, x, d.target.astype(np.int64), [str(n) for n in d.target_names])
+
+
+def _synthetic(spec: DatasetSpec, cache: Path) -> Splits:
+    """Seeded CIFAR-shaped images: a fixed colour template per class plus noise, so it can be learnt."""
+    rng = np.random.default_rng(spec.seed)
+    classes = 10
+    templates = rng.integers(0, 256, size=(classes, 32, 32, 3)).astype(np.float32)
+    y = rng.integers(0, classes, size=spec.synthetic_size).astype(np.int64)
+    noise = rng.normal(0, 64, size=(spec.synthetic_size, 32, 32, 3)).astype(np.float32)
+    x = np.clip(templates[y] * 0.5 + 64 + noise, 0, 255).astype(np.uint8)
+    return _split(spec, x, y, [f"class_{i}" for i in range(classes)])
+
+
+def _imagefolder(spec: DatasetSpec, cache: Path) -> Splits:
+    from PIL import Image
+
+    root = Path(spec.path or "").expanduser()
+    if not root.is_dir():
+        raise UserError(f"imagefolder path {root} is not a folder. Fix: point dataset.path at a folder "
+                        "with one sub-folder of images per class.")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    images, labels = [], []
+    size = (spec.image_size, spec.image_size)
+    for label, name in enumerate(classes):
+        for file in sorted((root / name).iterdir()):
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                with Image.open(file) as im:
+                    images.append(np.asarray(im.convert("RGB").resize(size, Image.BILINEAR), dtype=np.uint8))
+                labels.append(label)
+    if len(classes) < 2 or len(images) < 10:
+        raise UserError(f"imagefolder {root} has {len(classes)} class folders and {len(images)} images. "
+                        "Fix: give at least 2 class sub-folders and 10 images.")
+    return _split(spec, np.stack(images), np.asarray(labels, dtype=np.int64), classes)
+
+
+def _split(
+    spec: DatasetSpec,
+    x: np.ndarray,
+    y: np.ndarray,
+    names: list[str],
+    test: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Splits:
+    """Seeded split: an official test set is kept; otherwise test_fraction is held out first."""
+    rng = np.random.default_rng(spec.seed)
+    order = rng.permutation(len(y))
+    if test is None:
+        n_test = max(1, round(len(y) * spec.test_fraction))
+        test = (x[order[:n_test]], y[order[:n_test]])
+        order = order[n_test:]
+    n_val = max(1, round(len(order) * spec.val_fraction))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    parts = [(x[train_idx], y[train_idx]), (x[val_idx], y[val_idx]), test]
+    if spec.limit is not None and spec.limit < len(train_idx):
+        share = spec.limit / len(train_idx)
+        sizes = [spec.limit] + [max(1, round(len(py) * share)) for _, py in parts[1:]]
+        parts = [_take(px, py, n, rng) for (px, py), n in zip(parts, sizes, strict=True)]
+    (tx, ty), (vx, vy), (sx, sy) = parts
+    return Splits(tx, ty, vx, vy, sx, sy, names)
+
+
+def _take(x: np.ndarray, y: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.sort(rng.permutation(len(y))[:n])
+    return x[idx], y[idx]

@@ -1,0 +1,41 @@
+"""Pydantic models of gridrun: job specs, suites, run status and run results.
+
+Only pydantic is imported here, so the models load inside framework images.
+"""
+
+from schemas.job import (
+    AugmentSpec,
+    DatasetSpec,
+    JobSpec,
+    ModelSpec,
+    OptimizerSpec,
+    ResourcesSpec,
+    ScheduleSpec,
+    TrainSpec,
+)
+from schemas.result import ClassAccuracy, EpochRecord, Environment, RunResult, Substitution, Timing
+from schemas.run import SpecFile
+from schemas.status import JobState, RunStatus
+from schemas.suite import MatrixSpec, Suite
+
+__all__ = [
+    "AugmentSpec",
+    "ClassAccuracy",
+    "DatasetSpec",
+    "EpochRecord",
+    "Environment",
+    "JobSpec",
+    "JobState",
+    "MatrixSpec",
+    "ModelSpec",
+    "OptimizerSpec",
+    "ResourcesSpec",
+    "RunResult",
+    "RunStatus",
+    "ScheduleSpec",
+    "SpecFile",
+    "Substitution",
+    "Suite",
+    "Timing",
+    "TrainSpec",
+]

@@ -1,0 +1,175 @@
+"""The resolved specification of one training run."""
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from schemas.base import SafeName, Strict
+
+Framework = Literal["torch", "tensorflow"]
+Arch = Literal["alexnet", "vgg16", "resnet18"]
+DatasetName = Literal["cifar10", "digits", "synthetic", "imagefolder"]
+ExecutorName = Literal["auto", "process", "docker"]
+
+# Smallest input side each architecture accepts: AlexNet's strided convolution and three
+# max-pools need 63 px; VGG16's and ResNet18's five halvings need 32.
+MIN_IMAGE_SIZE: dict[str, int] = {"alexnet": 63, "vgg16": 32, "resnet18": 32}
+WEIGHTS_FILE_SUFFIXES = (".pth", ".pt", ".h5", ".keras")
+
+
+class DatasetSpec(Strict):
+    """Which images a run trains on and how they are split."""
+
+    name: DatasetName = Field("cifar10", description="Dataset: cifar10, digits, synthetic or imagefolder.")
+    image_size: int = Field(224, ge=8, le=1024, description="Side in pixels the images are resized to.")
+    limit: int | None = Field(
+        None, ge=10, description="Use at most this many training images; validation and test shrink alike."
+    )
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of the training pool held out for validation.")
+    test_fraction: float = Field(
+        0.2, gt=0, lt=0.5, description="Share held out for testing, for datasets without an official test split."
+    )
+    seed: int = Field(0, description="Seed of the train / validation / test split.")
+    path: str | None = Field(
+        None, description="Data folder: cifar10 pickle batches or an imagefolder root. Default: inside the cache."
+    )
+    synthetic_size: int = Field(2000, ge=10, description="Number of images of the synthetic dataset.")
+    fallback: DatasetName | None = Field(
+        None, description="Declared substitute used, and recorded, when this dataset cannot be had offline."
+    )
+
+    @model_validator(mode="after")
+    def _imagefolder_needs_path(self) -> "DatasetSpec":
+        if self.name == "imagefolder" and not self.path:
+            raise ValueError("dataset imagefolder needs 'path': the folder holding one sub-folder per class")
+        if self.fallback == self.name:
+            raise ValueError(f"fallback {self.fallback!r} is the dataset itself: name another dataset or remove it")
+        return self
+
+
+class ModelSpec(Strict):
+    """Architecture, initial weights and head."""
+
+    arch: Arch = Field(description="Architecture: alexnet, vgg16 or resnet18.")
+    weights: str = Field(
+        "none", description="Initial weights: none (random), imagenet, or a path to a weights file."
+    )
+    weights_fallback: Literal["none"] | None = Field(
+        None, description="Declared substitute when ImageNet weights cannot be had: none = random initial weights."
+    )
+    freeze_backbone: bool = Field(False, description="Train only the classifier head.")
+    classifier_width: int | None = Field(
+        None, ge=8, description="Width of the hidden dense layers of the classifier (alexnet/vgg16 default 4096)."
+    )
+    dropout: float = Field(0.5, ge=0, lt=1, description="Dropout rate in the classifier.")
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> "ModelSpec":
+        if self.weights not in ("none", "imagenet") and not self.weights.endswith(WEIGHTS_FILE_SUFFIXES):
+            raise ValueError(
+                f"weights {self.weights!r} is not none, imagenet, or a weights file "
+                f"(a path ending in {', '.join(WEIGHTS_FILE_SUFFIXES)})"
+            )
+        if self.freeze_backbone and self.weights == "none":
+            raise ValueError("freeze_backbone with weights none would train a head on a random backbone: "
+                             "set weights to imagenet or a file, or remove freeze_backbone")
+        if self.classifier_width is not None and self.arch == "resnet18":
+            raise ValueError("classifier_width applies to alexnet and vgg16; resnet18 has a single linear head")
+        return self
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights != "none"
+
+
+class OptimizerSpec(Strict):
+    """Optimizer, in PyTorch's meaning of each value."""
+
+    name: Literal["sgd", "adam", "adamw"] = Field("sgd", description="sgd, adam or adamw.")
+    lr: float = Field(0.01, gt=0, le=10, description="Peak learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (PyTorch's definition).")
+    nesterov: bool = Field(False, description="Nesterov momentum for SGD.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay (L2 for sgd/adam, decoupled for adamw).")
+
+
+class ScheduleSpec(Strict):
+    """Learning-rate schedule over the whole run."""
+
+    name: Literal["constant", "cosine", "onecycle"] = Field("constant", description="constant, cosine or onecycle.")
+    warmup_epochs: float = Field(0, ge=0, description="Linear warm-up, in epochs (cosine only).")
+
+
+class AugmentSpec(Strict):
+    """Training-time augmentation, done on the device in batches."""
+
+    random_crop: bool = Field(True, description="Random translation, as a padded random crop.")
+    crop_padding: float = Field(0.125, ge=0, le=0.5, description="Crop padding as a share of the side (4 px of 32).")
+    horizontal_flip: bool = Field(True, description="Random horizontal flip.")
+
+
+class TrainSpec(Strict):
+    """How a run trains."""
+
+    epochs: int = Field(10, ge=1, le=10_000, description="Number of epochs.")
+    batch_size: int = Field(64, ge=1, le=65_536, description="Training batch size.")
+    eval_batch_size: int = Field(512, ge=1, le=65_536, description="Batch size for validation and test.")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer.")
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec, description="Learning-rate schedule.")
+    augment: AugmentSpec = Field(default_factory=AugmentSpec, description="Augmentation.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
+    mixed_precision: bool = Field(True, description="bfloat16 autocast where the GPU supports it.")
+    compile: bool = Field(False, description="torch.compile / XLA jit_compile the model.")
+    seed: int = Field(0, description="Seed of weight initialisation and batch order.")
+
+
+class ResourcesSpec(Strict):
+    """What the scheduler reserves for the run."""
+
+    gpus: float = Field(0, ge=0, le=64, description="GPUs; fractions below 1 share a GPU.")
+    cpus: float = Field(1, gt=0, le=1024, description="CPU cores.")
+    memory_gb: float | None = Field(None, gt=0, description="Host memory limit in GiB.")
+    timeout_minutes: float | None = Field(None, gt=0, description="Stop the run after this long.")
+    max_retries: int = Field(0, ge=0, le=10, description="Retries after a failure of the node or container.")
+
+    @model_validator(mode="after")
+    def _whole_gpus_above_one(self) -> "ResourcesSpec":
+        if self.gpus > 1 and self.gpus != int(self.gpus):
+            raise ValueError(f"gpus {self.gpus} is a fraction above 1: use a whole number, or a fraction below 1")
+        return self
+
+
+class JobSpec(Strict):
+    """One run: framework, model, data, training and resources."""
+
+    name: SafeName = Field(description="Job name; also its folder name under the suite's results.")
+    framework: Framework = Field(description="torch or tensorflow.")
+    model: ModelSpec = Field(description="Model.")
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec, description="Dataset.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="Training.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Resources.")
+    executor: ExecutorName = Field("auto", description="auto, process or docker.")
+    image: str | None = Field(None, description="Docker image with the worker installed; default: the framework's.")
+    description: str = Field("", description="Free text shown in the report.")
+
+    @model_validator(mode="after")
+    def _image_big_enough(self) -> "JobSpec":
+        low = MIN_IMAGE_SIZE[self.model.arch]
+        if self.dataset.image_size < low:
+            raise ValueError(
+                f"dataset.image_size {self.dataset.image_size} is too small for {self.model.arch}: "
+                f"use at least {low}"
+            )
+        return self
+
+    def canonical_json(self) -> str:
+        """The spec as canonical JSON (sorted keys, no spaces): the input of its hash."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def digest(self, *extra: str) -> str:
+        """Hash of the canonical spec plus anything else that changes the result (image, code version)."""
+        h = hashlib.sha256(self.canonical_json().encode())
+        for part in extra:
+            h.update(b"\0" + part.encode())
+        return h.hexdigest()[:16]

@@ -1,0 +1,88 @@
+"""result.json: everything a finished run measured."""
+
+from pydantic import Field
+
+from schemas.base import Strict
+from schemas.job import JobSpec
+
+
+class EpochRecord(Strict):
+    """One epoch's metrics. Accuracies are fractions in [0, 1]."""
+
+    epoch: int = Field(ge=1, description="Epoch number, from 1.")
+    train_loss: float = Field(description="Mean training loss.")
+    train_accuracy: float = Field(description="Training accuracy (on augmented batches).")
+    val_accuracy: float = Field(description="Validation accuracy.")
+    test_accuracy: float = Field(description="Test accuracy.")
+    lr: float = Field(description="Learning rate at the end of the epoch.")
+    epoch_seconds: float = Field(description="Wall time of the epoch, training and evaluation.")
+    images_per_second: float = Field(description="Training throughput.")
+
+
+class ClassAccuracy(Strict):
+    """Test accuracy of one class."""
+
+    name: str
+    accuracy: float
+    support: int = Field(description="Test images of this class.")
+
+
+class Timing(Strict):
+    """Wall time, split. Seconds."""
+
+    data_seconds: float = Field(description="Loading the dataset and moving it to the device.")
+    train_seconds: float = Field(description="Training steps.")
+    eval_seconds: float = Field(description="Validation and test passes.")
+    total_seconds: float = Field(description="The whole run, start to finish.")
+
+
+class Substitution(Strict):
+    """Something that stood in for the real thing, declared in the suite and announced."""
+
+    kind: str = Field(description="dataset, weights or executor.")
+    wanted: str = Field(description="What the spec asked for.")
+    used: str = Field(description="What was used instead.")
+    reason: str = Field(description="Why.")
+
+
+class Environment(Strict):
+    """Where and with what the run executed."""
+
+    framework: str
+    framework_version: str
+    python_version: str
+    device: str = Field(description="cuda, mps or cpu.")
+    device_name: str = Field(description="e.g. the GPU's product name.")
+    mixed_precision: str = Field(description="bf16 or off.")
+    hostname: str
+    executor: str = Field("", description="process or docker.")
+    image: str = Field("", description="Docker image, when run in one.")
+    image_digest: str = Field("", description="Docker image id.")
+    libraries: dict[str, str] = Field(default_factory=dict, description="Other library versions.")
+
+
+class RunResult(Strict):
+    """What a finished run hands back."""
+
+    schema_version: int = 1
+    suite: str
+    job: str
+    spec_hash: str
+    spec: JobSpec = Field(description="The spec as run, after any declared substitution.")
+    substitutions: list[Substitution] = Field(default_factory=list)
+    dataset_sizes: dict[str, int] = Field(description="Images in train, val and test.")
+    class_names: list[str]
+    epochs: list[EpochRecord]
+    final_test_accuracy: float
+    final_val_accuracy: float
+    best_epoch: int = Field(description="Epoch with the best validation accuracy.")
+    best_val_accuracy: float
+    best_test_accuracy: float = Field(description="Test accuracy at the best epoch.")
+    per_class_accuracy: list[ClassAccuracy] = Field(description="Final model's test accuracy per class.")
+    confusion_matrix: list[list[int]] = Field(description="Rows: true class; columns: predicted class.")
+    trainable_parameters: int
+    total_parameters: int
+    timing: Timing
+    images_per_second: float = Field(description="Mean training throughput over all epochs.")
+    resumed_from_epoch: int | None = Field(None, description="First epoch run after resuming from a checkpoint.")
+    environment: Environment

@@ -1,0 +1,22 @@
+"""spec.json: the job as declared, the job as run, and the hash that decides re-runs."""
+
+from pydantic import Field
+
+from schemas.base import Strict
+from schemas.job import JobSpec
+from schemas.result import Substitution
+
+
+class SpecFile(Strict):
+    """What the driver hands the worker, and what a re-run compares against."""
+
+    suite: str
+    job: str
+    spec_hash: str = Field(description="Hash of `spec`, the image and the code version.")
+    code_version: str
+    profile: str | None = Field(None, description="Profile applied, if any.")
+    declared: JobSpec = Field(description="The job as the suite declares it (after defaults and profile).")
+    spec: JobSpec = Field(description="The job as it runs: declared, with any declared substitute applied.")
+    substitutions: list[Substitution] = Field(default_factory=list)
+    executor: str = Field("", description="Executor chosen for it: process or docker.")
+    image: str = Field("", description="Docker image, when run in one.")

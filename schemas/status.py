@@ -1,0 +1,40 @@
+"""The state of one run, as kept in status.json."""
+
+from datetime import datetime
+from enum import Enum
+
+from pydantic import Field
+
+from schemas.base import Strict
+
+
+class JobState(str, Enum):
+    """Where a run stands. The last four are final."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self not in (JobState.QUEUED, JobState.RUNNING)
+
+
+class RunStatus(Strict):
+    """status.json: the run's state, with why it ended so."""
+
+    state: JobState = Field(description="queued, running, succeeded, failed, skipped or cancelled.")
+    spec_hash: str = Field(description="Hash of the resolved spec this status belongs to.")
+    attempts: int = Field(0, ge=0, description="How many times the run was started.")
+    exit_code: int | None = Field(None, description="Exit code of the worker, when it ended.")
+    reason: str = Field("", description="Why the run failed, was skipped or was cancelled.")
+    log: str = Field("log.txt", description="The run's log file, relative to its folder.")
+    executor: str = Field("", description="Executor that ran it: process or docker.")
+    node: str = Field("", description="Host name of the node that ran it.")
+    gpu_ids: list[str] = Field(default_factory=list, description="GPU ids the scheduler assigned.")
+    queued_at: datetime | None = Field(None, description="When the run was queued (UTC).")
+    started_at: datetime | None = Field(None, description="When the run started (UTC).")
+    finished_at: datetime | None = Field(None, description="When the run ended (UTC).")

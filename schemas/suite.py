@@ -1,0 +1,72 @@
+"""A suite file: defaults, profiles, jobs and an optional matrix.
+
+Jobs, defaults and profiles are partial job specs (plain mappings); they are merged and then
+validated as JobSpec by runner.suite, which knows where each value came from.
+"""
+
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from schemas.base import SafeName, Strict
+
+
+class MatrixSpec(Strict):
+    """A cartesian product of values, each combination one job."""
+
+    name: str = Field(
+        description="Job name template; {key} is the value of an axis, named by its full dotted key or last part."
+    )
+    axes: dict[str, list[Any]] = Field(
+        description="Dotted job field -> list of values, e.g. model.arch: [alexnet, vgg16]."
+    )
+    exclude: list[dict[str, Any]] = Field(
+        default_factory=list, description="Combinations to leave out: each entry matches by axis values."
+    )
+    job: dict[str, Any] = Field(default_factory=dict, description="Fields shared by every job of the matrix.")
+
+    @field_validator("axes")
+    @classmethod
+    def _non_empty(cls, axes: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        if not axes:
+            raise ValueError("a matrix needs at least one axis")
+        for key, values in axes.items():
+            if not values:
+                raise ValueError(f"axis {key!r} has no values")
+        return axes
+
+    @model_validator(mode="after")
+    def _excludes_name_axes(self) -> "MatrixSpec":
+        for entry in self.exclude:
+            unknown = set(entry) - set(self.axes)
+            if unknown:
+                raise ValueError(
+                    f"exclude names {sorted(unknown)}, which are not axes; the axes are {sorted(self.axes)}"
+                )
+        return self
+
+
+class Suite(Strict):
+    """A named set of jobs that run and are reported together."""
+
+    suite: SafeName = Field(description="Suite name; also its folder name under the results root.")
+    description: str = Field("", description="What the suite studies.")
+    defaults: dict[str, Any] = Field(default_factory=dict, description="Fields every job starts from.")
+    profiles: dict[SafeName, dict[str, Any]] = Field(
+        default_factory=dict, description="Named overrides applied on top of every job (e.g. cpu)."
+    )
+    cpu_profile: str | None = Field(
+        None, description="Profile picked by itself, and announced, when the cluster has no GPU."
+    )
+    jobs: list[dict[str, Any]] = Field(default_factory=list, description="Jobs, each a partial job spec.")
+    matrix: MatrixSpec | None = Field(None, description="Optional cartesian expansion into more jobs.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Suite":
+        if not self.jobs and self.matrix is None:
+            raise ValueError("the suite has no jobs: add a 'jobs' list or a 'matrix'")
+        if self.cpu_profile is not None and self.cpu_profile not in self.profiles:
+            raise ValueError(
+                f"cpu_profile {self.cpu_profile!r} is not among the profiles {sorted(self.profiles)}"
+            )
+        return self
