@@ -1,0 +1,48 @@
+"""The gridrun command line."""
+
+import sys
+
+import typer
+from rich.console import Console
+
+from runner.errors import UserError
+
+app = typer.Typer(
+    name="gridrun",
+    help="Run a study of image-model trainings on Ray and compare the runs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+# Commands of other modules register themselves here: each module has register(app).
+COMMAND_MODULES: list[str] = []
+
+
+def main() -> None:
+    """Console entry point: a user's mistake is one message and exit code 2, never a traceback."""
+    from importlib import import_module
+
+    for module in COMMAND_MODULES:
+        import_module(module).register(app)
+    try:
+        app(standalone_mode=False)
+    except UserError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as e:  # click's usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(2 if e.exit_code == 1 else e.exit_code)
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        raise
