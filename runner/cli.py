@@ -14,11 +14,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err = Console(stderr=True)
+# Outside a terminal (CI, pipes, log files) rich would wrap tables at 80 columns.
+console = Console(width=None if Console().is_terminal else 200)
+err = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 200)
 
 # Commands of other modules register themselves here: each module has register(app).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["runner.commands"]
 
 
 def main() -> None:

@@ -114,8 +114,10 @@ def _imagefolder(spec: DatasetSpec, cache: Path) -> Splits:
 
     root = Path(spec.path or "").expanduser()
     if not root.is_dir():
-        raise UserError(f"imagefolder path {root} is not a folder. Fix: point dataset.path at a folder "
-                        "with one sub-folder of images per class.")
+        raise UserError(
+            f"imagefolder path {root} is not a folder. Fix: point dataset.path at a folder "
+            "with one sub-folder of images per class."
+        )
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     images, labels = [], []
     size = (spec.image_size, spec.image_size)
@@ -126,8 +128,10 @@ def _imagefolder(spec: DatasetSpec, cache: Path) -> Splits:
                     images.append(np.asarray(im.convert("RGB").resize(size, Image.BILINEAR), dtype=np.uint8))
                 labels.append(label)
     if len(classes) < 2 or len(images) < 10:
-        raise UserError(f"imagefolder {root} has {len(classes)} class folders and {len(images)} images. "
-                        "Fix: give at least 2 class sub-folders and 10 images.")
+        raise UserError(
+            f"imagefolder {root} has {len(classes)} class folders and {len(images)} images. "
+            "Fix: give at least 2 class sub-folders and 10 images."
+        )
     return _split(spec, np.stack(images), np.asarray(labels, dtype=np.int64), classes)
 
 

@@ -32,21 +32,24 @@ def main(argv: list[str] | None = None) -> int:
     for sub in spec_file.substitutions:
         log(f"SUBSTITUTE {sub.kind}: {sub.used} stands in for {sub.wanted} ({sub.reason})")
     try:
-        log(f"job {spec_file.suite}/{spec_file.job}: {spec.framework} {spec.model.arch} "
-            f"weights={spec.model.weights} dataset={spec.dataset.name}@{spec.dataset.image_size}px")
+        log(
+            f"job {spec_file.suite}/{spec_file.job}: {spec.framework} {spec.model.arch} "
+            f"weights={spec.model.weights} dataset={spec.dataset.name}@{spec.dataset.image_size}px"
+        )
         t0 = time.perf_counter()
         splits = data.load(spec.dataset, args.cache)
         data_seconds = time.perf_counter() - t0
         log(f"data: {splits.sizes()} images, {splits.num_classes} classes, loaded in {data_seconds:.1f}s")
-        ctx = TrainContext(spec_file=spec_file, paths=paths, cache=args.cache, splits=splits,
-                           data_seconds=data_seconds)
+        ctx = TrainContext(spec_file=spec_file, paths=paths, cache=args.cache, splits=splits, data_seconds=data_seconds)
         result = trainers.get(spec.framework)(ctx)
     except UserError as e:
         print(f"error: {e}", flush=True)
         return e.exit_code
     write_json(paths.result, result)
-    log(f"done: test accuracy {result.final_test_accuracy:.2%} (best epoch {result.best_epoch}: "
-        f"{result.best_test_accuracy:.2%}), {result.timing.total_seconds:.1f}s")
+    log(
+        f"done: test accuracy {result.final_test_accuracy:.2%} (best epoch {result.best_epoch}: "
+        f"{result.best_test_accuracy:.2%}), {result.timing.total_seconds:.1f}s"
+    )
     return 0
 
 

@@ -13,7 +13,7 @@ from schemas.job import (
     ScheduleSpec,
     TrainSpec,
 )
-from schemas.result import ClassAccuracy, EpochRecord, Environment, RunResult, Substitution, Timing
+from schemas.result import ClassAccuracy, Environment, EpochRecord, RunResult, Substitution, Timing
 from schemas.run import SpecFile
 from schemas.status import JobState, RunStatus
 from schemas.suite import MatrixSpec, Suite
@@ -22,8 +22,8 @@ __all__ = [
     "AugmentSpec",
     "ClassAccuracy",
     "DatasetSpec",
-    "EpochRecord",
     "Environment",
+    "EpochRecord",
     "JobSpec",
     "JobState",
     "MatrixSpec",

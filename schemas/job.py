@@ -53,9 +53,7 @@ class ModelSpec(Strict):
     """Architecture, initial weights and head."""
 
     arch: Arch = Field(description="Architecture: alexnet, vgg16 or resnet18.")
-    weights: str = Field(
-        "none", description="Initial weights: none (random), imagenet, or a path to a weights file."
-    )
+    weights: str = Field("none", description="Initial weights: none (random), imagenet, or a path to a weights file.")
     weights_fallback: Literal["none"] | None = Field(
         None, description="Declared substitute when ImageNet weights cannot be had: none = random initial weights."
     )
@@ -72,9 +70,6 @@ class ModelSpec(Strict):
                 f"weights {self.weights!r} is not none, imagenet, or a weights file "
                 f"(a path ending in {', '.join(WEIGHTS_FILE_SUFFIXES)})"
             )
-        if self.freeze_backbone and self.weights == "none":
-            raise ValueError("freeze_backbone with weights none would train a head on a random backbone: "
-                             "set weights to imagenet or a file, or remove freeze_backbone")
         if self.classifier_width is not None and self.arch == "resnet18":
             raise ValueError("classifier_width applies to alexnet and vgg16; resnet18 has a single linear head")
         return self
@@ -158,8 +153,7 @@ class JobSpec(Strict):
         low = MIN_IMAGE_SIZE[self.model.arch]
         if self.dataset.image_size < low:
             raise ValueError(
-                f"dataset.image_size {self.dataset.image_size} is too small for {self.model.arch}: "
-                f"use at least {low}"
+                f"dataset.image_size {self.dataset.image_size} is too small for {self.model.arch}: use at least {low}"
             )
         return self
 

@@ -66,7 +66,5 @@ class Suite(Strict):
         if not self.jobs and self.matrix is None:
             raise ValueError("the suite has no jobs: add a 'jobs' list or a 'matrix'")
         if self.cpu_profile is not None and self.cpu_profile not in self.profiles:
-            raise ValueError(
-                f"cpu_profile {self.cpu_profile!r} is not among the profiles {sorted(self.profiles)}"
-            )
+            raise ValueError(f"cpu_profile {self.cpu_profile!r} is not among the profiles {sorted(self.profiles)}")
         return self

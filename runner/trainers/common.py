@@ -14,7 +14,7 @@ import numpy as np
 
 from runner.data import Splits
 from runner.results import JobPaths, write_json
-from schemas import ClassAccuracy, EpochRecord, Environment, JobSpec, RunResult, SpecFile, Timing
+from schemas import ClassAccuracy, Environment, EpochRecord, JobSpec, RunResult, SpecFile, Timing
 
 # TensorBoard scalar tags, the same in every framework so runs overlay in one chart.
 TAGS: dict[str, str] = {

@@ -1,0 +1,46 @@
+"""Executors: `process` (the host's Python) and `docker` (the framework's image), and `auto`."""
+
+from dataclasses import dataclass
+
+from runner.errors import UserError
+from runner.executors.base import Executor, Launch, Outcome
+from schemas import JobSpec
+
+__all__ = ["Choice", "Executor", "Launch", "Outcome", "choose", "get"]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Which executor a job runs with, the image when docker, and why."""
+
+    name: str
+    reason: str
+    image: str = ""
+
+
+def choose(requested: str, spec: JobSpec) -> Choice:
+    """Resolve auto / process / docker for one job. `docker` that cannot work is a UserError."""
+    if requested == "process":
+        return Choice("process", "asked for")
+    from runner.executors import docker
+
+    ok, why = docker.probe(spec)
+    if ok:
+        return Choice("docker", "asked for" if requested == "docker" else why, docker.image_for(spec))
+    if requested == "docker":
+        raise UserError(
+            f"job {spec.name!r} asks for the docker executor, but {why}. "
+            "Fix: start the Docker daemon and build the images (`make images`), or use --executor process."
+        )
+    return Choice("process", why)
+
+
+def get(name: str) -> Executor:
+    """An executor by name."""
+    if name == "docker":
+        from runner.executors.docker import DockerExecutor
+
+        return DockerExecutor()
+    from runner.executors.process import ProcessExecutor
+
+    return ProcessExecutor()
