@@ -101,10 +101,11 @@ class Preparer:
 
     def _fetch_cifar10(self, root: Path) -> str:
         where = root / data.CIFAR10_FOLDER
-        if not self.download:
-            return f"CIFAR-10 is not in {where}; `gridrun run` will download it"
-        self.say(f"prepare: downloading CIFAR-10 into {root}")
         try:
+            if not self.download:  # `gridrun plan`: say what `run` would do, without the download
+                _reachable(data.CIFAR10_URL)
+                return ""
+            self.say(f"prepare: downloading CIFAR-10 into {root}")
             archive = _download(data.CIFAR10_URL, root / "cifar-10-python.tar.gz", md5=data.CIFAR10_MD5)
             with tarfile.open(archive) as tar:
                 tar.extractall(root, filter="data")
@@ -126,23 +127,29 @@ class Preparer:
         source = weights.imagenet_source(spec.framework, spec.model.arch)
         key = f"weights:{path}"
         if key not in self._fetched:
-            if not self.download:
-                self._fetched[key] = f"{path} is not in the cache; `gridrun run` will download it"
-            else:
-                self.say(f"prepare: downloading {spec.framework} {spec.model.arch} ImageNet weights into {path}")
-                try:
+            try:
+                if self.download:
+                    self.say(f"prepare: downloading {spec.framework} {spec.model.arch} ImageNet weights into {path}")
                     _download(source.url, path, md5=source.md5, sha256_prefix=source.sha256_prefix)
-                    self._fetched[key] = ""
-                except (OSError, ValueError) as e:
-                    self._fetched[key] = (
-                        f"ImageNet weights {path} are not in the cache and could not be downloaded "
-                        f"({_short(e)}); fix: download {source.url} to {path}"
-                    )
+                else:  # `gridrun plan`: say what `run` would do, without the download
+                    _reachable(source.url)
+                self._fetched[key] = ""
+            except (OSError, ValueError) as e:
+                self._fetched[key] = (
+                    f"ImageNet weights {path} are not in the cache and could not be downloaded "
+                    f"({_short(e)}); fix: download {source.url} to {path}"
+                )
         return self._fetched[key]
 
 
 def _short(e: BaseException) -> str:
     return str(getattr(e, "reason", None) or e).splitlines()[0][:160]
+
+
+def _reachable(url: str) -> None:
+    """Raise OSError when a download would fail to start (for a plan, which downloads nothing)."""
+    with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=DOWNLOAD_TIMEOUT_S):
+        pass
 
 
 def _download(url: str, dest: Path, md5: str = "", sha256_prefix: str = "") -> Path:

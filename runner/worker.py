@@ -8,6 +8,7 @@ Imports neither Ray nor Docker.
 """
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             f"job {spec_file.suite}/{spec_file.job}: {spec.framework} {spec.model.arch} "
             f"weights={spec.model.weights} dataset={spec.dataset.name}@{spec.dataset.image_size}px"
         )
+        log(f"visible GPUs: CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}")
         t0 = time.perf_counter()
         splits = data.load(spec.dataset, args.cache)
         data_seconds = time.perf_counter() - t0

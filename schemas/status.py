@@ -1,14 +1,14 @@
 """The state of one run, as kept in status.json."""
 
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 
 from pydantic import Field
 
 from schemas.base import Strict
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     """Where a run stands. The last four are final."""
 
     QUEUED = "queued"

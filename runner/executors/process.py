@@ -1,5 +1,6 @@
 """Executor `process`: the worker as a child process with the host's Python."""
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -13,10 +14,8 @@ _PR_SET_PDEATHSIG = 1
 
 def _die_with_parent() -> None:
     """In the child: get SIGKILL if the Ray worker that started us dies, so no run is orphaned."""
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: a cancel still kills the process group
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass  # not Linux: cancellation still kills the process group
 
 
 def _kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:

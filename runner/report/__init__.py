@@ -1,0 +1,138 @@
+"""Reports: a suite's report.md, self-contained report.html and plots/*.png, and comparisons of any runs.
+
+    write_report(Path("results/smoke"))         # what `gridrun report` and the end of `gridrun run` call
+    compare([Path("results/a"), Path("results/b/job")], out=Path("cmp.html"))
+
+Importing this package is cheap: matplotlib loads only when a plot is drawn.
+"""
+
+import os
+import tempfile
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+from runner.errors import UserError
+from runner.report import tables
+from runner.report.document import Document, Figure, Section
+from runner.report.plots import Plotter
+from runner.report.render import html_page, markdown, to_console
+from runner.report.runs import Run, collect, load_suite
+from runner.report.tables import Label
+
+__all__ = ["REPORT_HTML", "REPORT_MD", "Run", "build_document", "compare", "to_console", "write_report"]
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+PLOTS = "plots"
+
+
+def build_document(
+    runs: list[Run], title: str, label: Label, plotter: Plotter | None, base: Path | None, intro: list[str] = ()
+) -> Document:
+    """Every table, the conclusion and (with a plotter) every plot of a set of runs."""
+    finished = [(label(r), r.result) for r in runs if r.result is not None]
+    states = Counter(r.state for r in runs)
+    lead = f"{len(runs)} runs: " + ", ".join(f"{n} {state}" for state, n in states.most_common()) + "."
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    doc = Document(title, [*intro, f"{lead} Generated {stamp} by gridrun."], [])
+
+    def add(title: str, *blocks: object) -> None:
+        doc.sections.append(Section(title, [b for b in blocks if b is not None]))  # type: ignore[misc]
+
+    add("Conclusion", *tables.conclusion(runs, label))
+    add("Summary", tables.summary_table(runs, label))
+    if finished:
+        add(
+            "Accuracy per epoch",
+            plotter.overlay(finished) if plotter else None,
+            [plotter.curves(name, r) for name, r in finished] if plotter else None,
+        )
+    pairs = tables.framework_pairs(runs)
+    if pairs:
+        add(
+            "PyTorch and TensorFlow",
+            "The same model with the same weights and data in both frameworks (the best run of each side).",
+            tables.framework_table(pairs, label),
+            plotter.frameworks(pairs) if plotter else None,
+        )
+    if finished:
+        add("Accuracy per hour", tables.tradeoff_table(runs, label), plotter.tradeoff(finished) if plotter else None)
+        add("Per-class accuracy", tables.per_class_table(runs, label))
+        if plotter:
+            add("Confusion matrices", [plotter.confusion(name, r) for name, r in finished])
+    problems = tables.problems_table(runs, label, base)
+    subs = tables.substitutions_table(runs, label)
+    add(
+        "Failed, blocked and substituted runs",
+        problems if problems.rows else "No run failed, was blocked or was cancelled.",
+        subs if subs.rows else "No run used a substitute.",
+    )
+    if plotter is not None:
+        plotter.finish()
+    return doc
+
+
+def _figures(doc: Document) -> list[Path]:
+    paths = []
+    for section in doc.sections:
+        for block in section.blocks:
+            for item in block if isinstance(block, list) else [block]:
+                if isinstance(item, Figure):
+                    paths.append(item.path)
+    return paths
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Atomic, like every file of the results folder: a browser never shows half a report."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _suite_description(suite_dir: Path) -> list[str]:
+    try:
+        import yaml
+
+        text = yaml.safe_load((suite_dir / "suite.yaml").read_text()).get("description", "")
+    except Exception:  # the report does not depend on the suite file; a missing or odd one is skipped
+        return []
+    return [str(text).strip()] if text else []
+
+
+def write_report(suite_dir: Path) -> list[Path]:
+    """Write report.md, report.html and plots/*.png into a suite's results folder; return the paths written."""
+    suite_dir = Path(suite_dir)
+    runs = load_suite(suite_dir)
+    plotter = Plotter(suite_dir / PLOTS)
+    doc = build_document(
+        runs, f"gridrun report: {suite_dir.name}", lambda r: r.job, plotter, suite_dir, _suite_description(suite_dir)
+    )
+    md, page = suite_dir / REPORT_MD, suite_dir / REPORT_HTML
+    _write_text(md, markdown(doc, suite_dir))
+    _write_text(page, html_page(doc))
+    return [md, page, *_figures(doc)]
+
+
+def compare(paths: list[Path], out: Path | None = None) -> tuple[Document, list[Path]]:
+    """The report's tables over runs of any suites; with `out` (.md or .html) also written, with plots."""
+    runs = collect(paths)
+    suites = sorted({r.suite for r in runs})
+    label: Label = (lambda r: r.job) if len(suites) == 1 else (lambda r: r.name)
+    title = f"gridrun comparison: {', '.join(suites)}"
+    if out is None:
+        return build_document(runs, title, label, None, None), []
+    out = Path(out)
+    if out.suffix not in (".md", ".html"):
+        raise UserError(f"--out {out} must end in .md or .html. Fix: e.g. --out {out.with_suffix('.html')}")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist. Fix: create it or choose another path.")
+    plotter = Plotter(out.parent / f"{out.stem}-plots")
+    doc = build_document(runs, title, label, plotter, out.parent)
+    _write_text(out, markdown(doc, out.parent) if out.suffix == ".md" else html_page(doc))
+    return doc, [out, *_figures(doc)]

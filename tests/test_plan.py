@@ -1,0 +1,106 @@
+"""The plan: fit against nodes, declared substitutes, skip by spec hash."""
+
+from pathlib import Path
+
+import pytest
+
+from runner.cluster import Node
+from runner.errors import UserError
+from runner.plan import fit_problem, make_plan
+from runner.results import write_json
+from runner.suite import load_suite
+from schemas import JobState, RunStatus
+
+NODES = [Node("n1", "host1", cpus=8, gpus=2, memory_gb=32), Node("n2", "host2", cpus=2, gpus=0, memory_gb=8)]
+
+SUITE = """\
+suite: p
+defaults:
+  dataset: {name: cifar10, image_size: 64}
+  resources: {gpus: 1, cpus: 1}
+  executor: process
+jobs:
+  - {name: declared, framework: torch, model: {arch: alexnet, weights: imagenet, weights_fallback: none},
+     dataset: {fallback: digits}}
+  - {name: undeclared, framework: torch, model: {arch: alexnet}}
+  - {name: digits, framework: torch, model: {arch: alexnet}, dataset: {name: digits}}
+"""
+
+
+@pytest.fixture
+def loaded(tmp_path: Path):
+    path = tmp_path / "p.yaml"
+    path.write_text(SUITE)
+    return load_suite(path)
+
+
+def test_fit_names_what_is_missing(loaded) -> None:
+    job = loaded.jobs()[0].model_copy(deep=True)
+    assert fit_problem(job, NODES) == ""
+    job.resources.gpus = 3
+    assert fit_problem(job, NODES) == "needs 3 GPU(s) and 1 CPU(s); the largest node has 2 GPU(s) and 8 CPU(s)"
+
+
+def test_unfit_job_refuses_the_whole_plan_before_anything_is_written(loaded, tmp_path: Path) -> None:
+    specs = loaded.jobs()
+    specs[1].resources.gpus = 3
+    with pytest.raises(UserError, match=r"(?s)undeclared: needs 3 GPU\(s\).*Fix:"):
+        make_plan(loaded, specs, NODES, tmp_path / "results", tmp_path / "cache", download=False, say=lambda m: None)
+    assert not (tmp_path / "results").exists()
+
+
+def test_declared_substitutes_and_missing_inputs(loaded, tmp_path: Path) -> None:
+    said: list[str] = []
+    plan = make_plan(loaded, loaded.jobs(), NODES, tmp_path / "r", tmp_path / "cache", download=False, say=said.append)
+    by = {p.spec.name: p for p in plan}
+    declared = by["declared"]
+    assert declared.action == "run"
+    assert declared.spec.dataset.name == "digits" and declared.spec.model.weights == "none"
+    assert [(s.kind, s.wanted, s.used) for s in declared.substitutions] == [
+        ("dataset", "cifar10", "digits"), ("weights", "imagenet", "none")]
+    assert any("SUBSTITUTE job declared: dataset digits stands in for cifar10" in m for m in said)
+    undeclared = by["undeclared"]
+    assert undeclared.action == "fail"
+    assert "cifar-10-batches-py" in undeclared.why and "could not be downloaded" in undeclared.why
+    assert "fix: extract https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz into" in undeclared.why
+    assert by["digits"].action == "run" and by["digits"].substitutions == []
+
+
+def test_skip_only_with_same_hash_and_a_result(loaded, tmp_path: Path) -> None:
+    args = (loaded, loaded.jobs(), NODES, tmp_path / "r", tmp_path / "cache")
+    first = {p.spec.name: p for p in make_plan(*args, download=False, say=lambda m: None)}["digits"]
+    write_json(first.paths.status, RunStatus(state=JobState.SUCCEEDED, spec_hash=first.spec_hash))
+    again = {p.spec.name: p for p in make_plan(*args, download=False, say=lambda m: None)}["digits"]
+    assert again.action == "run", "no result.json: it cannot be skipped"
+    first.paths.result.write_text("{}")  # present but invalid: still not done
+    again = {p.spec.name: p for p in make_plan(*args, download=False, say=lambda m: None)}["digits"]
+    assert again.action == "run"
+    write_json(first.paths.status, RunStatus(state=JobState.FAILED, spec_hash=first.spec_hash))
+    again = {p.spec.name: p for p in make_plan(*args, download=False, say=lambda m: None)}["digits"]
+    assert (again.action, again.why) == ("run", "resume after failed")
+    write_json(first.paths.status, RunStatus(state=JobState.FAILED, spec_hash="other"))
+    again = {p.spec.name: p for p in make_plan(*args, download=False, say=lambda m: None)}["digits"]
+    assert again.why == "spec changed"
+
+
+def test_cifar10_from_a_pickle_folder_is_used_without_substitute(loaded, tmp_path: Path) -> None:
+    import pickle
+
+    import numpy as np
+
+    from runner import data
+
+    folder = tmp_path / "cache" / "datasets" / "cifar10" / data.CIFAR10_FOLDER
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in data.CIFAR10_FILES[:-1]:
+        batch = {b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, 20))}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}))
+    plan = make_plan(loaded, loaded.jobs(), NODES, tmp_path / "r", tmp_path / "cache", download=False,
+                     say=lambda m: None)
+    by = {p.spec.name: p for p in plan}
+    assert by["undeclared"].action == "run" and by["declared"].spec.dataset.name == "cifar10"
+    splits = data.load(by["undeclared"].spec.dataset, tmp_path / "cache")
+    assert splits.sizes() == {"train": 90, "val": 10, "test": 20} and splits.class_names[3] == "c3"
+    assert splits.train_x.shape[1:] == (32, 32, 3) and splits.train_x.dtype == np.uint8
