@@ -1,5 +1,6 @@
 """The gridrun command line."""
 
+import signal
 import sys
 
 import typer
@@ -19,17 +20,23 @@ console = Console(width=None if Console().is_terminal else 200)
 err = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 200)
 
 # Commands of other modules register themselves here: each module has register(app).
-COMMAND_MODULES: list[str] = ["runner.commands"]
+COMMAND_MODULES: list[str] = ["runner.commands", "runner.images_cli", "runner.report_cli"]
 
 
 def main() -> None:
     """Console entry point: a user's mistake is one message and exit code 2, never a traceback."""
     from importlib import import_module
 
+    # A shell's background job starts with SIGINT ignored; gridrun must still stop cleanly on Ctrl-C.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for module in COMMAND_MODULES:
         import_module(module).register(app)
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode typer returns the code of typer.Exit (130 for Ctrl-C) instead of exiting.
+        code = app(standalone_mode=False)
+        if code == 130:
+            err.print("interrupted")
+        sys.exit(code if isinstance(code, int) else 0)
     except UserError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         sys.exit(e.exit_code)

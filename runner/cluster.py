@@ -5,6 +5,7 @@ The scheduler side of gridrun: it never imports a framework.
 
 import logging
 import os
+import signal
 import socket
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
@@ -83,6 +84,17 @@ def connect(address: str | None = None, num_gpus: float | None = None, num_cpus:
                 "and that the cluster runs the same Ray version as this driver."
             ) from None
         return Cluster(address, nodes())
+    # Ctrl-C goes to the terminal's whole process group: Ray's own processes, started now, inherit
+    # "ignore SIGINT" so that only the driver sees it and can cancel the jobs in order.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _init_local(ray, num_gpus, num_cpus)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return Cluster("local", nodes())
+
+
+def _init_local(ray, num_gpus: float | None, num_cpus: int | None) -> None:
     ray.init(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
@@ -93,7 +105,6 @@ def connect(address: str | None = None, num_gpus: float | None = None, num_cpus:
         # The driver only passes small outcomes through the object store.
         object_store_memory=128 * 1024 * 1024,
     )
-    return Cluster("local", nodes())
 
 
 def nodes() -> list[Node]:

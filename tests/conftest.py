@@ -10,8 +10,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def gridrun(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None,
-            ) -> subprocess.CompletedProcess[str]:
+def gridrun(
+    *args: str,
+    cwd: Path | None = None,
+    timeout: float = 600,
+    env: dict | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run `python -m runner <args>` as a user would; output captured as text."""
     return subprocess.run(
         [sys.executable, "-m", "runner", *args],
@@ -28,3 +32,24 @@ def cache(tmp_path: Path) -> Path:
     path = tmp_path / "cache"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="session")
+def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """results/smoke of one real `gridrun run` of jobs/smoke.yaml (once per session), with two more jobs
+    so that a report shows every kind of row: one whose dataset falls back to digits, one that times out."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("smoke")
+    suite = yaml.safe_load((REPO / "jobs" / "smoke.yaml").read_text())
+    suite["jobs"] += [
+        {"name": "smoke-fallback", "framework": "torch",
+         "dataset": {"name": "imagefolder", "path": str(root / "no-such-folder"), "fallback": "digits", "limit": 200}},
+        {"name": "smoke-timeout", "framework": "torch", "resources": {"timeout_minutes": 0.002}},
+    ]  # fmt: skip
+    (root / "smoke.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
+    proc = gridrun("run", str(root / "smoke.yaml"), "--results", str(root / "results"), "--cache", str(root / "cache"),
+                   "--executor", "process")  # fmt: skip
+    suite_dir = root / "results" / suite["suite"]
+    assert (suite_dir / "smoke-torch" / "result.json").is_file(), proc.stdout + proc.stderr
+    return suite_dir

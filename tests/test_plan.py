@@ -57,7 +57,9 @@ def test_declared_substitutes_and_missing_inputs(loaded, tmp_path: Path) -> None
     assert declared.action == "run"
     assert declared.spec.dataset.name == "digits" and declared.spec.model.weights == "none"
     assert [(s.kind, s.wanted, s.used) for s in declared.substitutions] == [
-        ("dataset", "cifar10", "digits"), ("weights", "imagenet", "none")]
+        ("dataset", "cifar10", "digits"),
+        ("weights", "imagenet", "none"),
+    ]
     assert any("SUBSTITUTE job declared: dataset digits stands in for cifar10" in m for m in said)
     undeclared = by["undeclared"]
     assert undeclared.action == "fail"
@@ -97,8 +99,9 @@ def test_cifar10_from_a_pickle_folder_is_used_without_substitute(loaded, tmp_pat
         batch = {b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, 20))}
         (folder / name).write_bytes(pickle.dumps(batch))
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}))
-    plan = make_plan(loaded, loaded.jobs(), NODES, tmp_path / "r", tmp_path / "cache", download=False,
-                     say=lambda m: None)
+    plan = make_plan(
+        loaded, loaded.jobs(), NODES, tmp_path / "r", tmp_path / "cache", download=False, say=lambda m: None
+    )
     by = {p.spec.name: p for p in plan}
     assert by["undeclared"].action == "run" and by["declared"].spec.dataset.name == "cifar10"
     splits = data.load(by["undeclared"].spec.dataset, tmp_path / "cache")

@@ -47,7 +47,13 @@ def test_paths_of_a_job(tmp_path: Path) -> None:
     paths = JobPaths.of(tmp_path, "suite", "job")
     assert paths.dir == tmp_path / "suite" / "job"
     assert {p.name for p in (paths.spec, paths.status, paths.result, paths.log, paths.tb, paths.checkpoints)} == {
-        "spec.json", "status.json", "result.json", "log.txt", "tb", "checkpoints"}
+        "spec.json",
+        "status.json",
+        "result.json",
+        "log.txt",
+        "tb",
+        "checkpoints",
+    }
     assert paths.checkpoint("last", ".pt") == paths.checkpoints / "last.pt"
     write_json(paths.spec, {})
     assert [j.dir.name for j in SuitePaths.of(tmp_path, "suite").jobs()] == ["job"]

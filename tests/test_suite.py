@@ -32,8 +32,9 @@ def test_every_job_file_validates(path: Path) -> None:
 def test_study_suite_holds_the_study() -> None:
     jobs = {j.name: j for j in load_suite(REPO / "jobs/alexnet-challenge.yaml").jobs()}
     assert len(jobs) == 5
-    assert all(j.train.batch_size == 64 and j.dataset.image_size == 224 and j.dataset.name == "cifar10"
-               for j in jobs.values())
+    assert all(
+        j.train.batch_size == 64 and j.dataset.image_size == 224 and j.dataset.name == "cifar10" for j in jobs.values()
+    )
     torch_scratch, tf_scratch = jobs["alexnet-torch-scratch"], jobs["alexnet-tf-scratch"]
     assert (torch_scratch.framework, torch_scratch.model.weights, torch_scratch.train.epochs) == ("torch", "none", 30)
     assert (tf_scratch.framework, tf_scratch.model.weights, tf_scratch.train.epochs) == ("tensorflow", "none", 30)
@@ -41,12 +42,17 @@ def test_study_suite_holds_the_study() -> None:
     assert (pre.model.weights, pre.model.freeze_backbone, pre.train.epochs) == ("imagenet", False, 10)
     vgg = jobs["vgg16-tf-pretrained"]
     assert (vgg.framework, vgg.model.arch, vgg.model.freeze_backbone, vgg.train.epochs) == (
-        "tensorflow", "vgg16", True, 10)
+        "tensorflow",
+        "vgg16",
+        True,
+        10,
+    )
     small = jobs["alexnet-tf-small-dense"]
     assert small.model.classifier_width and small.model.classifier_width < 4096 and small.train.epochs == 15
     cpu = load_suite(REPO / "jobs/alexnet-challenge.yaml").jobs("cpu")
-    assert all(j.resources.gpus == 0 and j.dataset.fallback == "digits" and j.model.weights_fallback == "none"
-               for j in cpu)
+    assert all(
+        j.resources.gpus == 0 and j.dataset.fallback == "digits" and j.model.weights_fallback == "none" for j in cpu
+    )
 
 
 def test_matrix_expands_with_names_and_excludes(tmp_path: Path) -> None:
@@ -71,8 +77,10 @@ matrix:
 
 def test_profile_overrides_every_job_and_relative_paths_resolve(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
-    path.write_text(GOOD.replace("model: {arch: alexnet}", "model: {arch: alexnet, weights: w/a.pth}")
-                    + "profiles:\n  quick: {train: {epochs: 1}}\n")
+    path.write_text(
+        GOOD.replace("model: {arch: alexnet}", "model: {arch: alexnet, weights: w/a.pth}")
+        + "profiles:\n  quick: {train: {epochs: 1}}\n"
+    )
     loaded = load_suite(path)
     (job,) = loaded.jobs("quick")
     assert job.train.epochs == 1
@@ -85,27 +93,43 @@ def test_profile_overrides_every_job_and_relative_paths_resolve(tmp_path: Path) 
 BAD = {
     "malformed": ("suite: s\njobs: [\n  {name: a\n", ["malformed YAML", "bad.yaml:"]),
     "empty": ("", ["is empty"]),
-    "python_tag": ("suite: !!python/object/apply:os.system ['echo hi']\njobs: []\n",
-                   ["python/object", "not allowed", "remove the tag"]),
+    "python_tag": (
+        "suite: !!python/object/apply:os.system ['echo hi']\njobs: []\n",
+        ["python/object", "not allowed", "remove the tag"],
+    ),
     "unknown_top_key": (GOOD + "jbos: []\n", ["unknown key 'jbos'", "did you mean 'jobs'"]),
-    "unknown_job_key": (GOOD.replace("framework: torch", "framework: torch\n    trian: {epochs: 2}"),
-                        ["jobs[0]", "unknown key 'trian'", "did you mean 'train'"]),
-    "unknown_nested_key": (GOOD.replace("model: {arch: alexnet}", "model: {arch: alexnet, wieghts: none}"),
-                           ["model.wieghts", "did you mean 'weights'"]),
-    "wrong_type": (GOOD.replace("framework: torch", "framework: torch\n    train: {epochs: many}"),
-                   ["train.epochs", "valid integer", "'many'"]),
-    "epochs_zero": (GOOD.replace("framework: torch", "framework: torch\n    train: {epochs: 0}"),
-                    ["train.epochs", "greater than or equal to 1"]),
-    "batch_negative": (GOOD.replace("framework: torch", "framework: torch\n    train: {batch_size: -1}"),
-                       ["train.batch_size", "greater than or equal to 1"]),
-    "image_too_small": (GOOD.replace("image_size: 64", "image_size: 32"),
-                        ["image_size 32 is too small for alexnet", "at least 63"]),
+    "unknown_job_key": (
+        GOOD.replace("framework: torch", "framework: torch\n    trian: {epochs: 2}"),
+        ["jobs[0]", "unknown key 'trian'", "did you mean 'train'"],
+    ),
+    "unknown_nested_key": (
+        GOOD.replace("model: {arch: alexnet}", "model: {arch: alexnet, wieghts: none}"),
+        ["model.wieghts", "did you mean 'weights'"],
+    ),
+    "wrong_type": (
+        GOOD.replace("framework: torch", "framework: torch\n    train: {epochs: many}"),
+        ["train.epochs", "valid integer", "'many'"],
+    ),
+    "epochs_zero": (
+        GOOD.replace("framework: torch", "framework: torch\n    train: {epochs: 0}"),
+        ["train.epochs", "greater than or equal to 1"],
+    ),
+    "batch_negative": (
+        GOOD.replace("framework: torch", "framework: torch\n    train: {batch_size: -1}"),
+        ["train.batch_size", "greater than or equal to 1"],
+    ),
+    "image_too_small": (
+        GOOD.replace("image_size: 64", "image_size: 32"),
+        ["image_size 32 is too small for alexnet", "at least 63"],
+    ),
     "unknown_arch": (GOOD.replace("arch: alexnet", "arch: lenet"), ["model.arch", "'alexnet', 'vgg16' or 'resnet18'"]),
     "unknown_dataset": (GOOD.replace("name: digits", "name: mnist"), ["dataset.name", "'cifar10'"]),
     "name_slash": (GOOD.replace("name: a", "name: a/b"), ["'a/b' is not a safe name"]),
     "name_dotdot": (GOOD.replace("name: a", "name: '..'"), ["'..' is not a safe name"]),
-    "duplicate": (GOOD + "  - {name: a, framework: torch, model: {arch: alexnet}}\n",
-                  ["jobs[0] and jobs[1] are both named 'a'", "unique"]),
+    "duplicate": (
+        GOOD + "  - {name: a, framework: torch, model: {arch: alexnet}}\n",
+        ["jobs[0] and jobs[1] are both named 'a'", "unique"],
+    ),
     "missing_field": (GOOD.replace("    framework: torch\n", ""), ["framework: required but missing"]),
     "not_mapping": ("- a\n- b\n", ["not a mapping"]),
     "no_jobs": ("suite: s\n", ["no jobs"]),
@@ -144,8 +168,7 @@ def test_missing_suite_file(tmp_path: Path) -> None:
 
 
 def test_unreachable_address(tmp_path: Path) -> None:
-    proc = gridrun("run", str(REPO / "jobs/smoke.yaml"), "--results", str(tmp_path / "r"), "--address",
-                   "127.0.0.1:9")
+    proc = gridrun("run", str(REPO / "jobs/smoke.yaml"), "--results", str(tmp_path / "r"), "--address", "127.0.0.1:9")
     assert proc.returncode == 2, proc.stderr
     assert "cannot reach a Ray cluster at 127.0.0.1:9" in proc.stderr and "Fix:" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -27,9 +27,10 @@ def choose(requested: str, spec: JobSpec) -> Choice:
     ok, why = docker.probe(spec)
     if ok:
         return Choice("docker", "asked for" if requested == "docker" else why, docker.image_for(spec))
-    if requested == "docker":
+    if requested == "docker" or spec.image:  # a job's own image must be usable: no silent fallback
+        asks = "the docker executor" if requested == "docker" else f"its own image {spec.image}"
         raise UserError(
-            f"job {spec.name!r} asks for the docker executor, but {why}. "
+            f"job {spec.name!r} asks for {asks}, but {why}. "
             "Fix: start the Docker daemon and build the images (`make images`), or use --executor process."
         )
     return Choice("process", why)

@@ -1,0 +1,118 @@
+"""Scheduling on a real local Ray with logical GPUs: placement, CUDA ids, refusal, Ctrl-C."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import REPO, gridrun
+
+from runner.results import SuitePaths
+from schemas import JobState
+
+TWO_GPU_JOBS = """\
+suite: gpus
+defaults:
+  dataset: {name: synthetic, image_size: 64, synthetic_size: 200}
+  model: {arch: alexnet, classifier_width: 32}
+  train: {epochs: 1, batch_size: 50}
+  resources: {gpus: 1, cpus: 1}
+jobs:
+  - {name: first, framework: torch}
+  - {name: second, framework: torch}
+"""
+
+
+def test_two_one_gpu_jobs_run_side_by_side_each_with_its_own_gpu(tmp_path: Path) -> None:
+    suite = tmp_path / "gpus.yaml"
+    suite.write_text(TWO_GPU_JOBS)
+    results = tmp_path / "results"
+    proc = gridrun(
+        "run",
+        str(suite),
+        "--results",
+        str(results),
+        "--gpus",
+        "2",
+        "--executor",
+        "process",
+        "--cache",
+        str(tmp_path / "cache"),
+        "--no-report",
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    jobs = {p.dir.name: p for p in SuitePaths.of(results, "gpus").jobs()}
+    seen = {}
+    for name, paths in jobs.items():
+        status = paths.read_status()
+        assert status.state == JobState.SUCCEEDED
+        visible = re.search(r"CUDA_VISIBLE_DEVICES=(\S+)", paths.log.read_text()).group(1)
+        assert visible == ",".join(status.gpu_ids), "the job sees exactly the GPU Ray assigned"
+        seen[name] = (visible, status.started_at, status.finished_at)
+    assert {seen["first"][0], seen["second"][0]} == {"0", "1"}
+    (_, s1, f1), (_, s2, f2) = seen["first"], seen["second"]
+    assert s1 < f2 and s2 < f1, "with two GPUs both jobs run at the same time"
+
+
+def test_job_needing_three_gpus_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    suite = tmp_path / "big.yaml"
+    suite.write_text(
+        TWO_GPU_JOBS.replace(
+            "  - {name: second, framework: torch}", "  - {name: second, framework: torch, resources: {gpus: 3}}"
+        )
+    )
+    results = tmp_path / "results"
+    proc = gridrun("run", str(suite), "--results", str(results), "--gpus", "2", "--executor", "process")
+    assert proc.returncode == 2
+    assert "second: needs 3 GPU(s) and 1 CPU(s); the largest node has 2 GPU(s)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not results.exists()
+
+
+def test_ctrl_c_stops_every_job_and_marks_it_cancelled(tmp_path: Path) -> None:
+    suite = tmp_path / "long.yaml"
+    suite.write_text(TWO_GPU_JOBS.replace("epochs: 1", "epochs: 200").replace("gpus: 1", "gpus: 0"))
+    results = tmp_path / "results"
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runner",
+            "run",
+            str(suite),
+            "--results",
+            str(results),
+            "--executor",
+            "process",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--no-report",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    jobs = SuitePaths.of(results, "gpus")
+    try:
+        deadline = time.monotonic() + 240
+        while not all(jobs.job(n).progress.is_file() for n in ("first", "second")):
+            assert driver.poll() is None, driver.stdout.read()
+            assert time.monotonic() < deadline, "the jobs never reached their first epoch"
+            time.sleep(1)
+        os.killpg(driver.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
+        out, _ = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, out
+    for name in ("first", "second"):
+        status = jobs.job(name).read_status()
+        assert status.state == JobState.CANCELLED and "Ctrl-C" in status.reason
+    time.sleep(2)
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(results) not in ps, "a worker outlived the cancel"
