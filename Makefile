@@ -23,6 +23,24 @@ run-all: setup
 test: setup
 	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
 
+# The report of one suite (written by `run` too); SUITE names it.
+SUITE ?= alexnet-challenge
+report: setup
+	$(GRIDRUN) report $(RESULTS)/$(SUITE)
+
+# TensorBoard over every run of every suite, each named <suite>/<job>; PORT=0 picks a free port.
+PORT ?= 6006
+tensorboard: setup
+	$(GRIDRUN) tensorboard $(RESULTS) --port $(PORT)
+
+# Each script in bench/ prints its figures.
+bench: setup
+	set -e; for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script; done
+
+# Both framework images (BASE_IMAGE defaults to the Dockerfiles', or the offline base when only it is here).
+images: setup
+	$(GRIDRUN) images build
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

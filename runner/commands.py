@@ -176,11 +176,14 @@ def run(
 
 
 def _report(suite_paths: SuitePaths) -> None:
+    from runner.report import write_report
+
     try:
-        from runner.report import write_report
-    except ImportError:
+        written = write_report(suite_paths.dir)
+    except Exception as e:  # the runs are done and recorded; a report problem must not hide that
+        err.print(f"[yellow]report not written: {type(e).__name__}: {e}[/]. Try `gridrun report {suite_paths.dir}`.")
         return
-    for path in write_report(suite_paths.dir):
+    for path in written:
         if path.suffix in (".md", ".html"):
             console.print(f"report: {path}")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from runner import data, trainers
 from runner.errors import UserError
 from runner.results import JobPaths, write_json
+from runner.tbextras import write_run_extras
 from runner.trainers.common import TrainContext, log
 
 
@@ -48,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", flush=True)
         return e.exit_code
     write_json(paths.result, result)
+    write_run_extras(paths, result)
     log(
         f"done: test accuracy {result.final_test_accuracy:.2%} (best epoch {result.best_epoch}: "
         f"{result.best_test_accuracy:.2%}), {result.timing.total_seconds:.1f}s"

@@ -38,7 +38,9 @@ def build_document(
     doc = Document(title, [*intro, f"{lead} Generated {stamp} by gridrun."], [])
 
     def add(title: str, *blocks: object) -> None:
-        doc.sections.append(Section(title, [b for b in blocks if b is not None]))  # type: ignore[misc]
+        present = [b for b in blocks if b is not None]
+        if present:
+            doc.sections.append(Section(title, present))  # type: ignore[arg-type]
 
     add("Conclusion", *tables.conclusion(runs, label))
     add("Summary", tables.summary_table(runs, label))
@@ -58,9 +60,9 @@ def build_document(
         )
     if finished:
         add("Accuracy per hour", tables.tradeoff_table(runs, label), plotter.tradeoff(finished) if plotter else None)
-        add("Per-class accuracy", tables.per_class_table(runs, label))
+        add("Per-class accuracy", *tables.per_class_tables(runs, label))
         if plotter:
-            add("Confusion matrices", [plotter.confusion(name, r) for name, r in finished])
+            add("Confusion matrices", [plotter.confusion(name, r) for name, r in finished if r.class_names])
     problems = tables.problems_table(runs, label, base)
     subs = tables.substitutions_table(runs, label)
     add(
@@ -119,11 +121,22 @@ def write_report(suite_dir: Path) -> list[Path]:
     return [md, page, *_figures(doc)]
 
 
+def _unique_labels(runs: list[Run], one_suite: bool) -> Label:
+    """job (one suite) or suite/job; the same names from two results trees get #2, #3."""
+    names: dict[int, str] = {}
+    seen: Counter[str] = Counter()
+    for run in runs:
+        name = run.job if one_suite else run.name
+        seen[name] += 1
+        names[id(run)] = name if seen[name] == 1 else f"{name} #{seen[name]}"
+    return lambda r: names[id(r)]
+
+
 def compare(paths: list[Path], out: Path | None = None) -> tuple[Document, list[Path]]:
     """The report's tables over runs of any suites; with `out` (.md or .html) also written, with plots."""
     runs = collect(paths)
     suites = sorted({r.suite for r in runs})
-    label: Label = (lambda r: r.job) if len(suites) == 1 else (lambda r: r.name)
+    label = _unique_labels(runs, one_suite=len(suites) == 1)
     title = f"gridrun comparison: {', '.join(suites)}"
     if out is None:
         return build_document(runs, title, label, None, None), []

@@ -70,7 +70,8 @@ h1 { font-size: 1.7rem; margin-bottom: .3rem; } h2 { margin-top: 2.2rem; border-
 nav a { margin-right: 1rem; } .scroll { overflow-x: auto; }
 table { border-collapse: collapse; margin: .6rem 0; font-size: 13px; }
 th, td { border: 1px solid #d0d7de; padding: .25rem .55rem; white-space: nowrap; }
-th { background: #f3f5f7; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f5f7; text-align: left; white-space: normal; vertical-align: bottom; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.best { background: #e6f4ea; font-weight: 600; } td.wrap { white-space: normal; min-width: 20rem; }
 caption { caption-side: bottom; text-align: left; color: #57606a; font-size: 12px; padding-top: .3rem; }
 .grid { display: flex; flex-wrap: wrap; gap: 1rem; }
@@ -105,8 +106,7 @@ def _html_figure(fig: Figure) -> str:
     data = base64.b64encode(fig.png).decode()
     caption = html.escape(fig.caption)
     return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{caption}">'
-        f"<figcaption>{caption}</figcaption></figure>"
+        f'<figure><img src="data:image/png;base64,{data}" alt="{caption}"><figcaption>{caption}</figcaption></figure>'
     )
 
 

@@ -75,11 +75,11 @@ class Run:
 
 
 def read_run(paths: JobPaths) -> Run:
-    """Read one job folder; the suite is the name spec.json gives, else the parent folder's."""
-    spec_file = paths.read_spec()
-    result = paths.read_result()
-    suite = spec_file.suite if spec_file is not None else paths.dir.parent.name
-    return Run(suite, paths.dir.name, paths, spec_file, paths.read_status(), result)
+    """Read one job folder, named by its folders: a copy of results/<suite> kept as results/<suite>-old
+    is told apart from the original."""
+    return Run(
+        paths.dir.parent.name, paths.dir.name, paths, paths.read_spec(), paths.read_status(), paths.read_result()
+    )
 
 
 def _is_job(folder: Path) -> bool:

@@ -156,7 +156,7 @@ def tradeoff_table(runs: list[Run], label: Label) -> Table:
             Cell(pct(r.best_test_accuracy), r.best_test_accuracy == top and len(finished) > 1, True),
             Cell(duration(r.timing.total_seconds), numeric=True),
             Cell(f"{accuracy_per_hour(r):,.1f}", i == 0 and len(finished) > 1, True),
-            Cell(f"{(r.best_test_accuracy - top) * 100:+.2f}", numeric=True),
+            Cell(f"{(top - r.best_test_accuracy) * 100:.2f}", numeric=True),
         ]
         for i, (run, r) in enumerate(finished)
     ]
@@ -167,23 +167,28 @@ def tradeoff_table(runs: list[Run], label: Label) -> Table:
     )
 
 
-def per_class_table(runs: list[Run], label: Label) -> Table:
-    """Rows: classes by name; columns: runs; the best run of each class marked."""
-    finished = _finished(runs)
-    classes: dict[str, None] = {}
-    for _, r in finished:
-        classes.update(dict.fromkeys(c.name for c in r.per_class_accuracy))
-    by_run = [{c.name: c.accuracy for c in r.per_class_accuracy} for _, r in finished]
-    rows = []
-    for name in classes:
-        values = [acc.get(name) for acc in by_run]
-        best = _best(values)
-        rows.append([Cell(name), *(Cell(pct(v), i in best, True) for i, v in enumerate(values))])
-    return Table(
-        ["Class", *(label(run) for run, _ in finished)],
-        rows,
-        "Test accuracy per class of each run's final model. Bold: the best run of each class.",
-    )
+def per_class_tables(runs: list[Run], label: Label) -> list[Table]:
+    """Rows: classes by name; columns: runs; the best run of each class marked.
+
+    One table per set of classes: runs on different datasets share no rows.
+    """
+    groups: dict[tuple[str, ...], list[tuple[Run, RunResult]]] = {}
+    for run, result in _finished(runs):
+        groups.setdefault(tuple(c.name for c in result.per_class_accuracy), []).append((run, result))
+    tables = []
+    for classes, members in groups.items():
+        by_run = [[c.accuracy for c in r.per_class_accuracy] for _, r in members]
+        rows = []
+        for i, name in enumerate(classes):
+            values: list[float | None] = [acc[i] for acc in by_run]
+            best = _best(values)
+            rows.append([Cell(name), *(Cell(pct(v), j in best, True) for j, v in enumerate(values))])
+        datasets = sorted({dataset_label(r.spec, r.substitutions) for _, r in members})
+        caption = "Test accuracy per class of each run's final model. Bold: the best run of each class."
+        if len(groups) > 1:
+            caption = f"{', '.join(datasets)}. {caption}"
+        tables.append(Table(["Class", *(label(run) for run, _ in members)], rows, caption))
+    return tables
 
 
 def problems_table(runs: list[Run], label: Label, base: Path | None) -> Table:
@@ -204,6 +209,11 @@ def substitutions_table(runs: list[Run], label: Label) -> Table:
         for s in run.substitutions
     ]
     return Table(["Job", "Kind", "Wanted", "Used", "Reason"], rows)
+
+
+def _of(some: list[Run], runs: list[Run], one: str = "has", many: str = "have") -> str:
+    """'1 of 3 runs has' / '2 of 3 runs have'."""
+    return f"{len(some)} of {len(runs)} runs {one if len(some) == 1 else many}"
 
 
 def conclusion(runs: list[Run], label: Label) -> list[str]:
@@ -242,20 +252,29 @@ def conclusion(runs: list[Run], label: Label) -> list[str]:
             gain = (best.best_test_accuracy - eff.best_test_accuracy) * 100
             line += f"The best run gains {gain:+.2f} points over it for {ratio:.1f}× its wall time."
         lines.append(line)
+    for pair in framework_pairs(runs)[:3]:
+        t, f = pair.torch.result, pair.tensorflow.result
+        assert t is not None and f is not None
+        lines.append(
+            f"Both frameworks, {pair.model} ({pair.weights}, {pair.dataset}): PyTorch "
+            f"{pct(t.best_test_accuracy)} in {duration(t.timing.total_seconds)} ({rate(t.images_per_second)} "
+            f"images/s), TensorFlow {pct(f.best_test_accuracy)} in {duration(f.timing.total_seconds)} "
+            f"({rate(f.images_per_second)} images/s)."
+        )
     problems = [r for r in runs if r.state in PROBLEM_STATES]
     if problems:
         states = sorted({r.state for r in problems})
         lines.append(
-            f"{len(problems)} of {len(runs)} runs have no usable result ({', '.join(states)}): "
-            "see «Failed, blocked and substituted runs»."
+            f"{_of(problems, runs)} no usable result ({', '.join(states)}): see «Failed, blocked and substituted runs»."
         )
     pending = [r for r in runs if r.state in ("queued", "running", "unknown")]
     if pending:
-        lines.append(f"{len(pending)} of {len(runs)} runs have not finished yet (queued, running or not started).")
+        lines.append(f"{_of(pending, runs)} not finished yet (queued, running or not started).")
     substituted = [r for r in runs if r.substitutions]
     if substituted:
+        names = ", ".join(label(r) for r in substituted[:5]) + (", ..." if len(substituted) > 5 else "")
         lines.append(
-            f"{len(substituted)} runs used a declared substitute ({', '.join(label(r) for r in substituted[:5])}"
-            f"{', ...' if len(substituted) > 5 else ''}): their numbers are not those of the setup asked for."
+            f"{_of(substituted, runs, 'used', 'used')} a declared substitute ({names}): "
+            "their numbers are not those of the setup asked for."
         )
     return lines

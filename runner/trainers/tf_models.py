@@ -19,7 +19,6 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ info/warning noise
 
 import math  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import h5py  # noqa: E402
@@ -59,8 +58,14 @@ def _kaiming_fan_out() -> keras.initializers.Initializer:
 def _conv(filters: int, kernel: int, fan_in_channels: int, name: str, stride: int = 1, same: bool = True):
     """A conv with PyTorch's default initialisation (AlexNet)."""
     return keras.layers.Conv2D(
-        filters, kernel, strides=stride, padding="same" if same else "valid", activation="relu", name=name,
-        kernel_initializer=_torch_default_kernel(), bias_initializer=_torch_default_bias(fan_in_channels * kernel**2),
+        filters,
+        kernel,
+        strides=stride,
+        padding="same" if same else "valid",
+        activation="relu",
+        name=name,
+        kernel_initializer=_torch_default_kernel(),
+        bias_initializer=_torch_default_bias(fan_in_channels * kernel**2),
     )
 
 
@@ -287,11 +292,17 @@ def build(spec: ModelSpec, num_classes: int, image_size: int, source: tuple[int,
     images = keras.Input((h, w, 3), dtype="uint8", name="images")
     shift = keras.Input((2,), dtype="int32", name="shift")
     flip = keras.Input((), dtype="bool", name="flip")
-    x = Preprocess(image_size, caffe=caffe_preprocessing(spec), dtype="float32", name="preprocess")([images, shift, flip])
+    x = Preprocess(image_size, caffe=caffe_preprocessing(spec), dtype="float32", name="preprocess")(
+        [images, shift, flip]
+    )
     if spec.arch == "resnet18":
         x = _resnet18_features(image_size)(x)
-        head = keras.layers.Dense(num_classes, name="fc", kernel_initializer=_torch_default_kernel(),
-                                  bias_initializer=_torch_default_bias(512))
+        head = keras.layers.Dense(
+            num_classes,
+            name="fc",
+            kernel_initializer=_torch_default_kernel(),
+            bias_initializer=_torch_default_bias(512),
+        )
         return keras.Model([images, shift, flip], head(x), name="resnet18")
     if spec.arch == "alexnet":
         x = _alexnet_features(image_size)(x)
@@ -335,24 +346,24 @@ def parameter_counts(model: keras.Model) -> tuple[int, int]:
     return trainable, total
 
 
-def load_file(model: keras.Model, path: Path, describe: Callable[[list[str], list[str]], str]) -> list[str]:
-    """Load a Keras weights file into `model`, keeping its fresh head where the file's does not fit.
+def load_file(model: keras.Model, path: Path) -> tuple[list[str], list[str]]:
+    """Load a Keras weights file into `model`: (backbone variables the file lacks, fresh head variables).
 
     A legacy .h5 (keras-applications, e.g. VGG16 notop) loads into the backbone, layer by layer in
-    order; a .weights.h5 or .keras file from a Keras 3 model of this architecture into the whole
-    model. Every backbone variable must come from the file; head variables whose shapes differ
-    (another number of classes, another classifier_width) stay fresh. Returns the fresh head
-    variables' paths; raises ValueError with describe(missing backbone, fresh head) otherwise.
+    order, and raises ValueError on a mismatch. A .weights.h5 or .keras file of a Keras 3 model of
+    this architecture loads into the whole model: head variables whose shapes differ (another
+    number of classes, another classifier_width) keep their fresh values, as do backbone variables
+    the file lacks, which the caller must refuse.
     """
     import warnings
 
     if is_legacy_h5(path):
-        backbone(model).load_weights(str(path))  # raises ValueError on a layer or shape mismatch
-        return []
+        backbone(model).load_weights(str(path))
+        return [], []
     fresh = [v.numpy() for v in model.weights]
-    # NaN marks what the file did not fill: Keras skips mismatched layers whole, with only a warning.
+    # NaN marks what the file did not fill: Keras skips a mismatched layer whole, with only a warning.
     for v in model.weights:
-        if v.dtype.startswith("float"):
+        if "float" in v.dtype:
             v.assign(tf.fill(v.shape, tf.constant(float("nan"), v.dtype)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -360,9 +371,7 @@ def load_file(model: keras.Model, path: Path, describe: Callable[[list[str], lis
     core = {id(v) for v in backbone(model).weights}
     missing, head = [], []
     for v, init in zip(model.weights, fresh, strict=True):
-        if v.dtype.startswith("float") and bool(np.isnan(v.numpy()).any()):
+        if "float" in v.dtype and bool(np.isnan(v.numpy()).any()):
             (missing if id(v) in core else head).append(v.path)
             v.assign(init)
-    if missing:
-        raise ValueError(describe(missing, head))
-    return head
+    return missing, head

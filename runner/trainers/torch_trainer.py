@@ -79,8 +79,9 @@ class Pipeline:
 
     def eval_batch(self, x: torch.Tensor) -> torch.Tensor:
         """Resize only; bilinear without antialias, as TensorFlow's resize does by default."""
-        x = F.interpolate(self._normalise(x), size=(self.size, self.size), mode="bilinear", align_corners=False,
-                          antialias=False)
+        x = F.interpolate(
+            self._normalise(x), size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=False
+        )
         return self._layout(x)
 
     def train_batch(self, x: torch.Tensor, shift: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
@@ -125,10 +126,13 @@ def make_optimizer(params: list[nn.Parameter], train: TrainSpec) -> torch.optim.
     opt = train.optimizer
     if opt.name == "sgd":
         if opt.nesterov and opt.momentum == 0:
-            raise UserError("train.optimizer.nesterov needs momentum above 0. "
-                            "Fix: set train.optimizer.momentum (e.g. 0.9), or nesterov: false.")
-        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov,
-                               weight_decay=opt.weight_decay)
+            raise UserError(
+                "train.optimizer.nesterov needs momentum above 0. "
+                "Fix: set train.optimizer.momentum (e.g. 0.9), or nesterov: false."
+            )
+        return torch.optim.SGD(
+            params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay
+        )
     cls = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
     return cls(params, lr=opt.lr, weight_decay=opt.weight_decay)
 
@@ -140,8 +144,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainSpec, steps_per
     if name == "onecycle":
         # Cycling momentum needs a momentum to cycle: SGD without momentum has none.
         cycle = train.optimizer.name != "sgd" or train.optimizer.momentum > 0
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=train.optimizer.lr, total_steps=total,
-                                                   cycle_momentum=cycle)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=train.optimizer.lr, total_steps=total, cycle_momentum=cycle
+        )
     if name == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     warmup = min(total, round(train.schedule.warmup_epochs * steps_per_epoch))
@@ -271,8 +276,8 @@ class Run:
 
     # --- training and evaluation -------------------------------------------------------------
 
-    def train_epoch(self, epoch: int) -> tuple[float, float, int]:
-        """One pass over the training set: (mean loss, accuracy, images)."""
+    def train_epoch(self, epoch: int) -> tuple[float, float, int, float]:
+        """One pass over the training set: (mean loss, accuracy, images, learning rate of the last step)."""
         x_all, y_all = self.data["train"]
         bs = self.spec.train.batch_size
         side = (x_all.shape[1], x_all.shape[2])
@@ -281,7 +286,7 @@ class Run:
         # Sums stay on the device: reading them every step would stall the GPU.
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
+        seen, lr = 0, self.optimizer.param_groups[0]["lr"]
         for i in range(self.steps_per_epoch):
             idx = perm[i * bs : (i + 1) * bs]
             x = self.pipeline.train_batch(x_all[idx], shift[idx], flip[idx])
@@ -292,11 +297,12 @@ class Run:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            lr = self.optimizer.param_groups[0]["lr"]  # before the scheduler moves on to the next step's
             self.scheduler.step()
             loss_sum += loss.detach().float() * len(idx)
             correct += (out.argmax(1) == y).sum()
             seen += len(idx)
-        return loss_sum.item() / seen, correct.item() / seen, seen
+        return loss_sum.item() / seen, correct.item() / seen, seen, lr
 
     @torch.inference_mode()
     def predict(self, split: str) -> np.ndarray:
@@ -333,7 +339,7 @@ class Run:
         for epoch in range(start, spec.train.epochs + 1):
             _sync(self.device)
             t0 = time.perf_counter()
-            loss, acc, seen = self.train_epoch(epoch)
+            loss, acc, seen, lr = self.train_epoch(epoch)
             _sync(self.device)
             t1 = time.perf_counter()
             val_preds = self.predict("val")
@@ -347,7 +353,7 @@ class Run:
                 train_accuracy=acc,
                 val_accuracy=self.accuracy("val", val_preds),
                 test_accuracy=self.accuracy("test", test_preds),
-                lr=self.optimizer.param_groups[0]["lr"],
+                lr=lr,
                 epoch_seconds=t2 - t0,
                 images_per_second=seen / (t1 - t0),
             )
@@ -360,8 +366,14 @@ class Run:
         if test_preds is None:  # every epoch was already done before this resume
             test_preds = self.predict("test")
         cm = confusion_matrix(self.data["test"][1].cpu().numpy(), test_preds, ctx.splits.num_classes)
-        env = environment("torch", torch.__version__, self.device.type, device_name(self.device), self.bf16,
-                          {"torchvision": torchvision.__version__})
+        env = environment(
+            "torch",
+            torch.__version__,
+            self.device.type,
+            device_name(self.device),
+            self.bf16,
+            {"torchvision": torchvision.__version__},
+        )
         return build_result(ctx, self.history, cm, self.trainable, self.total, env)
 
 

@@ -1,0 +1,55 @@
+# gridrun's PyTorch image: PyTorch with CUDA, the schemas, the worker and its trainer; no Ray, no
+# Docker SDK. Built by `gridrun images build` (tag gridrun-torch:<version>-<hash of this file>),
+# or by hand from the repository root:  docker build -f docker/torch.Dockerfile -t gridrun-torch .
+# Classic builder compatible (no BuildKit features): Debian's docker.io has no buildx.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+# ---- builder: a virtualenv with the framework and the project's dependencies -----------------
+FROM ${BASE_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180
+# A proxy CA for pip, if one was given (docker/pip-ca/README.md). Only this stage sees it.
+COPY docker/pip-ca/ /tmp/pip-ca/
+RUN [ ! -f /tmp/pip-ca/ca.crt ] || export PIP_CERT=/tmp/pip-ca/ca.crt; \
+    python3 -m venv /opt/venv \
+ && /opt/venv/bin/pip install --upgrade "pip>=24" "setuptools>=68"
+
+# The largest layer first, so that it stays cached while anything below changes.
+# The same versions the host's venv is capped at (/etc/xdg/pip/constraints.txt); PyPI's Linux
+# wheels of torch are the CUDA build.
+ARG TORCH_VERSION=2.14.1
+ARG TORCHVISION_VERSION=0.29.1
+RUN [ ! -f /tmp/pip-ca/ca.crt ] || export PIP_CERT=/tmp/pip-ca/ca.crt; \
+    /opt/venv/bin/pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
+
+# The project's own dependencies, from pyproject.toml alone (runner/__init__.py holds the version;
+# README.md is a stand-in), so that code and doc edits do not reach this layer.
+COPY pyproject.toml /tmp/deps/
+COPY runner/__init__.py /tmp/deps/runner/
+RUN [ ! -f /tmp/pip-ca/ca.crt ] || export PIP_CERT=/tmp/pip-ca/ca.crt; \
+    touch /tmp/deps/README.md; \
+    /opt/venv/bin/pip install "/tmp/deps[torch]" "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
+ && /opt/venv/bin/pip uninstall --yes gridrun
+
+# ---- the image: the builder's venv, a non-root user, the project code --------------------------
+FROM ${BASE_IMAGE}
+RUN useradd --uid 1000 --user-group --create-home --shell /usr/sbin/nologin gridrun
+COPY --from=builder /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+
+COPY pyproject.toml README.md /tmp/gridrun/
+COPY schemas /tmp/gridrun/schemas
+COPY runner /tmp/gridrun/runner
+# Offline: every dependency is already in the venv.
+RUN pip install --no-deps --no-index --no-build-isolation /tmp/gridrun \
+ && rm -rf /tmp/gridrun \
+ && python -c "import runner.worker, schemas, torch, torchvision"
+
+ARG GRIDRUN_VERSION=""
+LABEL org.opencontainers.image.title="gridrun-torch" \
+      org.opencontainers.image.description="gridrun worker with PyTorch" \
+      org.opencontainers.image.version="${GRIDRUN_VERSION}" \
+      gridrun.framework="torch" \
+      gridrun.python="/opt/venv/bin/python"
+USER 1000:1000
+WORKDIR /home/gridrun
+CMD ["python", "-m", "runner.worker", "--help"]

@@ -1,0 +1,339 @@
+"""The docker executor and the framework images, against a real Docker daemon.
+
+Tests marked `docker` skip when no daemon answers, and fail instead when REQUIRE_DOCKER=1 (CI,
+after `bash docker/ci-setup.sh`). The others need no daemon.
+"""
+
+import _thread
+import contextlib
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from runner import images
+from runner.errors import UserError
+from runner.executors import choose
+from runner.executors.base import Launch, Outcome
+from runner.executors.docker import (
+    OWNER_LABEL,
+    PIDS_LIMIT,
+    DockerExecutor,
+    _owner,
+    cleanup_stale,
+    container_config,
+    container_user,
+    ensure_image,
+    probe,
+)
+from runner.results import JobPaths
+from tests.conftest import gridrun
+from tests.jobhelp import job_spec, make_job
+
+REQUIRE = os.environ.get("REQUIRE_DOCKER") == "1"
+NO_DAEMON = "unix:///nonexistent/gridrun-test.sock"
+GiB = 2**30
+
+
+def launch_of(paths: JobPaths, cache: Path, gpu_ids: tuple[str, ...] = (), run_id: str = "run-1") -> Launch:
+    return Launch(paths, cache, paths.read_spec(), run_id, list(gpu_ids))
+
+
+# ---- no daemon needed ---------------------------------------------------------------------------
+
+
+def test_two_gpu_launches_get_their_own_device_ids(tmp_path: Path, cache: Path) -> None:
+    paths = make_job(tmp_path, resources={"gpus": 1, "memory_gb": 3})
+    a = container_config(launch_of(paths, cache, ("0",)), "img:1", "sha256:x", "python", "1000:1000", 16 * GiB)
+    b = container_config(launch_of(paths, cache, ("1",)), "img:1", "sha256:x", "python", "1000:1000", 16 * GiB)
+    assert [r["DeviceIDs"] for r in a["device_requests"]] == [["0"]]
+    assert [r["DeviceIDs"] for r in b["device_requests"]] == [["1"]]
+    assert a["device_requests"][0]["Capabilities"] == [["gpu"]]
+    # Inside, the one GPU it sees is device 0 whatever its host id.
+    assert a["environment"]["CUDA_VISIBLE_DEVICES"] == b["environment"]["CUDA_VISIBLE_DEVICES"] == "0"
+    none = container_config(launch_of(paths, cache), "img:1", "sha256:x", "python", "1000:1000", 16 * GiB)
+    assert none["device_requests"] is None and none["environment"]["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_container_config_is_confined(tmp_path: Path, cache: Path) -> None:
+    paths = make_job(tmp_path, name="conf", resources={"memory_gb": 3})
+    cfg = container_config(launch_of(paths, cache), "img:1", "sha256:abc", "/opt/venv/bin/python", "1000:1000", 0)
+    assert cfg["cap_drop"] == ["ALL"] and cfg["security_opt"] == ["no-new-privileges"]
+    assert cfg["network_mode"] == "none" and cfg["user"] == "1000:1000"
+    assert cfg["mem_limit"] == cfg["memswap_limit"] == 3 * GiB and cfg["pids_limit"] == PIDS_LIMIT
+    assert cfg["shm_size"] == int(1.5 * GiB)
+    mounts = {m["Target"]: m for m in cfg["mounts"]}
+    assert mounts["/results/test-suite"]["Source"] == str(paths.dir.parent)
+    assert mounts["/results/test-suite"]["ReadOnly"] is False
+    assert mounts["/cache"]["Source"] == str(cache) and mounts["/cache"]["ReadOnly"] is True
+    assert cfg["command"] == [
+        "/opt/venv/bin/python",
+        "-m",
+        "runner.worker",
+        "/results/test-suite/conf",
+        "--cache",
+        "/cache",
+    ]
+    assert cfg["labels"]["gridrun"] == "1" and cfg["labels"]["gridrun.job"] == "conf"
+    assert cfg["labels"]["gridrun.suite"] == "test-suite" and cfg["labels"]["gridrun.run_id"] == "run-1"
+    assert cfg["environment"]["GRIDRUN_IMAGE"] == "img:1"
+    assert cfg["environment"]["GRIDRUN_IMAGE_DIGEST"] == "sha256:abc"
+    assert cfg["environment"]["GRIDRUN_EXECUTOR"] == "docker"
+
+
+def test_container_user() -> None:
+    assert container_user(1001, 1002, "1000:1000") == ("1001:1002", None)  # results belong to the invoker
+    assert container_user(0, 0, "1000:1000") == ("1000:1000", (1000, 1000))  # root lends the folder
+    assert container_user(0, 0, "1234") == ("1234:1234", (1234, 1234))
+    assert container_user(0, 0, "") == ("65534:65534", (65534, 65534))  # an image without a user
+    assert container_user(0, 0, "root") == ("65534:65534", (65534, 65534))
+    assert container_user(0, 0, "0:0") == ("65534:65534", (65534, 65534))
+
+
+def test_tag_follows_the_dockerfile_and_the_label_follows_the_code(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "tree"
+    for name in ("runner", "schemas", "docker"):
+        shutil.copytree(images.ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in images.CONTEXT_FILES:
+        shutil.copy(images.ROOT / name, root / name)
+    monkeypatch.setattr(images, "ROOT", root)
+    tag, source = images.tag("torch"), images.source_hash("torch")
+    assert tag.startswith(f"gridrun-torch:{images.__version__}-")
+    (root / "runner" / "worker.py").write_text((root / "runner" / "worker.py").read_text() + "\n# edited\n")
+    assert images.tag("torch") == tag and images.source_hash("torch") != source
+    (root / "docker" / "pip-ca" / "ca.crt").write_text("not part of the identity")
+    source = images.source_hash("torch")
+    dockerfile = root / "docker" / "torch.Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + "\n# edited\n")
+    assert images.tag("torch") != tag and images.source_hash("torch") != source
+    assert images.tag("tensorflow").startswith("gridrun-tensorflow:")
+
+
+def test_no_daemon_is_one_clear_message(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", NO_DAEMON)
+    spec = job_spec(executor="docker")
+    assert probe(spec) == (False, f"no Docker daemon at {NO_DAEMON}")
+    with pytest.raises(UserError, match=r"asks for the docker executor, but no Docker daemon at .*Fix:"):
+        choose("docker", spec)
+    assert choose("auto", spec).name == "process"
+    assert cleanup_stale() == 0
+    out = DockerExecutor().run(launch_of(make_job(tmp_path), tmp_path / "cache"))
+    assert out.exit_code == 2 and f"no Docker daemon at {NO_DAEMON}. Fix: start it" in out.reason
+    for args in (["images"], ["images", "build", "-q"]):
+        proc = gridrun(*args, env={"DOCKER_HOST": NO_DAEMON})
+        assert proc.returncode == 2, proc.stderr
+        assert f"no Docker daemon at {NO_DAEMON}. Fix: start it" in proc.stderr
+        assert "Traceback" not in proc.stderr + proc.stdout
+
+
+# ---- a real daemon ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def client():
+    """The daemon; at the end of the session no container this process started may be left."""
+    client, why = images.try_connect(timeout=10)
+    if client is None:
+        if REQUIRE:
+            pytest.fail(f"REQUIRE_DOCKER=1 but {why}: run `bash docker/ci-setup.sh` first")
+        pytest.skip(why)
+    yield client
+    left = client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={_owner()}"})
+    assert not left, f"containers left behind: {[c.name for c in left]}"
+
+
+def _image(client, framework: str) -> str:
+    """The framework's image for this tree: rebuilt when only the code changed (seconds), else skip or fail."""
+    name = images.tag(framework)
+    try:
+        image = client.images.get(name)
+    except Exception:
+        if REQUIRE:
+            pytest.fail(f"image {name} is not built: run `bash docker/ci-setup.sh` first")
+        pytest.skip(f"image {name} not built (make images)")
+    if images.state_of(image, name) != "current":
+        images.build(framework, ca=images.pip_cert(), say=lambda line: None, client=client)
+    return name
+
+
+@pytest.fixture(scope="session")
+def torch_image(client) -> str:
+    return _image(client, "torch")
+
+
+@pytest.fixture(scope="session")
+def tf_image(client) -> str:
+    return _image(client, "tensorflow")
+
+
+def _containers(client, job: str) -> list:
+    return client.containers.list(all=True, filters={"label": [f"{OWNER_LABEL}={_owner()}", f"gridrun.job={job}"]})
+
+
+def _in_thread(launch: Launch) -> tuple[threading.Thread, list[Outcome]]:
+    outcomes: list[Outcome] = []
+    thread = threading.Thread(target=lambda: outcomes.append(DockerExecutor().run(launch)), daemon=True)
+    thread.start()
+    return thread, outcomes
+
+
+def _wait_running(client, job: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [c for c in _containers(client, job) if c.status == "running"]
+        if found:
+            return found[0]
+        time.sleep(0.1)
+    raise AssertionError(f"no running container for job {job} within {timeout}s")
+
+
+@pytest.mark.docker
+def test_torch_smoke_job_in_a_confined_container(client, torch_image: str, tmp_path: Path, cache: Path) -> None:
+    paths = make_job(tmp_path, "torch", name="smoke-torch", resources={"memory_gb": 3})
+    thread, outcomes = _in_thread(launch_of(paths, cache))
+    container = _wait_running(client, "smoke-torch")
+    attrs = client.api.inspect_container(container.id)
+    host = attrs["HostConfig"]
+    assert attrs["Config"]["User"] == "1000:1000"  # we are root here: the image's own user
+    assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["NetworkMode"] == "none" and host["Memory"] == 3 * GiB and host["PidsLimit"] == PIDS_LIMIT
+    assert host["ShmSize"] == int(1.5 * GiB)
+    mounts = {m["Destination"]: m for m in attrs["Mounts"]}
+    assert mounts["/results/test-suite"]["Source"] == str(paths.dir.parent) and mounts["/results/test-suite"]["RW"]
+    assert mounts["/cache"]["RW"] is False
+    assert attrs["Config"]["Labels"]["gridrun"] == "1"
+    thread.join(300)
+    assert outcomes == [Outcome(0, "")], paths.log.read_text()
+    assert _containers(client, "smoke-torch") == []  # removed
+    result = paths.read_result()
+    assert result is not None and result.environment.executor == "docker"
+    assert result.environment.image == torch_image
+    assert result.environment.image_digest == client.images.get(torch_image).id
+    assert "done: test accuracy" in paths.log.read_text()
+    # Written by uid 1000 inside, handed back to the invoker afterwards.
+    assert {p.stat().st_uid for p in [paths.dir, *paths.dir.rglob("*")]} == {os.getuid()}
+
+
+@pytest.mark.docker
+def test_tensorflow_smoke_job_in_a_container(client, tf_image: str, tmp_path: Path, cache: Path) -> None:
+    paths = make_job(tmp_path, "tensorflow", name="smoke-tf")
+    outcome = DockerExecutor().run(launch_of(paths, cache))
+    assert outcome == Outcome(0, ""), paths.log.read_text()
+    result = paths.read_result()
+    assert result is not None and result.environment.framework == "tensorflow"
+    assert result.environment.image == tf_image and result.environment.image_digest.startswith("sha256:")
+    assert _containers(client, "smoke-tf") == []
+
+
+@pytest.mark.docker
+def test_killed_container_fails_the_job_with_a_reason(client, torch_image: str, tmp_path: Path, cache: Path) -> None:
+    paths = make_job(tmp_path, "torch", name="killed", train={"epochs": 500})
+    thread, outcomes = _in_thread(launch_of(paths, cache))
+    _wait_running(client, "killed").kill()
+    thread.join(60)
+    assert not thread.is_alive(), "the executor hangs after its container was killed"
+    [outcome] = outcomes
+    assert outcome.exit_code == 137
+    assert "was killed (SIGKILL, exit 137)" in outcome.reason and str(paths.log) in outcome.reason
+    assert _containers(client, "killed") == []
+
+
+@pytest.mark.docker
+def test_timeout_stops_and_removes_the_container(client, torch_image: str, tmp_path: Path, cache: Path) -> None:
+    paths = make_job(tmp_path, "torch", name="slow", train={"epochs": 500}, resources={"timeout_minutes": 0.1})
+    start = time.monotonic()
+    outcome = DockerExecutor().run(launch_of(paths, cache))
+    assert outcome == Outcome(124, "timed out after 0.1 minutes (resources.timeout_minutes)")
+    assert time.monotonic() - start < 40
+    assert _containers(client, "slow") == []
+
+
+@pytest.mark.docker
+def test_keyboard_interrupt_stops_and_removes_the_container(
+    client, torch_image: str, tmp_path: Path, cache: Path
+) -> None:
+    paths = make_job(tmp_path, "torch", name="cancelled", train={"epochs": 500})
+
+    def interrupt_when_running() -> None:
+        _wait_running(client, "cancelled")
+        _thread.interrupt_main()  # what Ray's cancel and Ctrl-C do to the task
+
+    threading.Thread(target=interrupt_when_running, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        DockerExecutor().run(launch_of(paths, cache))
+    assert _containers(client, "cancelled") == []
+
+
+@pytest.mark.docker
+def test_daemon_accepts_a_gpu_container_config(client, torch_image: str, tmp_path: Path, cache: Path) -> None:
+    """Created, not started: there is no GPU nor nvidia runtime here, but the daemon validates the request."""
+    paths = make_job(tmp_path, "torch", name="gpu", resources={"gpus": 1})
+    cfg = container_config(launch_of(paths, cache, ("1",)), torch_image, "sha256:x", "python", "1000:1000", 8 * GiB)
+    container = client.containers.create(**cfg)
+    try:
+        requests = client.api.inspect_container(container.id)["HostConfig"]["DeviceRequests"]
+        assert [(r["DeviceIDs"], r["Capabilities"]) for r in requests] == [(["1"], [["gpu"]])]
+    finally:
+        container.remove(force=True)
+    if "nvidia" not in client.info().get("Runtimes", {}):
+        # Starting it is where a daemon without the NVIDIA toolkit refuses: one clear reason, no leftover.
+        outcome = DockerExecutor().run(launch_of(paths, cache, ("1",)))
+        assert outcome.exit_code == 1 and "Fix: install the NVIDIA Container Toolkit" in outcome.reason
+        assert _containers(client, "gpu") == []
+
+
+@pytest.mark.docker
+def test_cleanup_stale_removes_only_orphans(client, torch_image: str) -> None:
+    import socket
+
+    dead = f"{socket.gethostname()}:999999999:"  # no such pid
+    orphan = client.containers.create(torch_image, ["true"], labels={"gridrun": "1", OWNER_LABEL: dead})
+    mine = client.containers.create(torch_image, ["true"], labels={"gridrun": "1", OWNER_LABEL: _owner()})
+    try:
+        assert cleanup_stale() >= 1
+        ids = {c.id for c in client.containers.list(all=True, filters={"label": "gridrun=1"})}
+        assert orphan.id not in ids and mine.id in ids
+    finally:
+        for c in (orphan, mine):
+            with contextlib.suppress(Exception):
+                c.remove(force=True)
+
+
+@pytest.mark.docker
+def test_probe_and_missing_images(client, torch_image: str, tmp_path: Path, monkeypatch) -> None:
+    ok, why = probe(job_spec("torch"))
+    assert ok and torch_image in why
+    missing = "localhost:1/gridrun-missing:0"  # a registry that refuses at once
+    ok, why = probe(job_spec("torch", image=missing))
+    assert not ok and why.startswith(f"image {missing} is neither on this machine nor pullable (")
+    with pytest.raises(UserError, match=r"neither on this machine nor pullable .*Fix: build or load it here"):
+        ensure_image(job_spec("torch", image=missing))
+    # Even under auto: a job that names its own image never falls back to the host's Python.
+    with pytest.raises(UserError, match=rf"asks for its own image {missing}, but image {missing} is neither"):
+        choose("auto", job_spec("torch", image=missing))
+    paths = make_job(tmp_path, "torch", name="own-image", image=missing)
+    outcome = DockerExecutor().run(launch_of(paths, tmp_path / "cache"))
+    assert outcome.exit_code == 2 and "neither on this machine nor pullable" in outcome.reason
+    assert ensure_image(job_spec("torch", image=torch_image)) == client.images.get(torch_image).id
+    # A framework image that is not built (its Dockerfile changed): auto falls back to process and says why.
+    monkeypatch.setattr(images, "tag", lambda framework: f"gridrun-{framework}:0.0.0-notbuilt")
+    assert probe(job_spec("torch")) == (False, "image gridrun-torch:0.0.0-notbuilt not built (run `make images`)")
+    choice = choose("auto", job_spec("torch"))
+    assert (choice.name, choice.reason) == (
+        "process",
+        "image gridrun-torch:0.0.0-notbuilt not built (run `make images`)",
+    )
+
+
+@pytest.mark.docker
+def test_images_command_lists_digests_and_the_ca_stays_out(client, torch_image: str) -> None:
+    proc = gridrun("images")
+    assert proc.returncode == 0, proc.stderr
+    assert torch_image in proc.stdout and client.images.get(torch_image).id[:19] in proc.stdout
+    # The proxy CA reached only the builder stage: no layer of the image copied it.
+    history = " ".join(h.get("CreatedBy", "") for h in client.api.history(torch_image))
+    assert "pip-ca" not in history and "/opt/venv" in history
+    assert client.images.get(torch_image).labels[images.LABEL_VERSION] == images.__version__
