@@ -47,6 +47,7 @@ class Preparer:
         self.download = download
         self.say = say
         self._fetched: dict[str, str] = {}  # key -> "" when available, else the reason it is not
+        self._announced: set[str] = set()
 
     def prepare(self, spec: JobSpec) -> Prepared:
         out = Prepared(spec=spec.model_copy(deep=True))
@@ -54,6 +55,14 @@ class Preparer:
         if not out.missing:
             self._weights(out)
         return out
+
+    def _announce(self, what: str, reason: str) -> None:
+        """Say each substitution; a reason already given in full is not repeated."""
+        if reason in self._announced:
+            self.say(f"{what} (as above)")
+        else:
+            self._announced.add(reason)
+            self.say(f"{what} ({reason})")
 
     def _dataset(self, out: Prepared) -> None:
         ds = out.spec.dataset
@@ -64,7 +73,7 @@ class Preparer:
             out.missing = problem
             return
         sub = Substitution(kind="dataset", wanted=ds.name, used=ds.fallback, reason=problem)
-        self.say(f"SUBSTITUTE job {out.spec.name}: dataset {ds.fallback} stands in for {ds.name} ({problem})")
+        self._announce(f"SUBSTITUTE job {out.spec.name}: dataset {ds.fallback} stands in for {ds.name}", problem)
         out.spec.dataset = ds.model_copy(update={"name": ds.fallback, "fallback": None, "path": None})
         out.substitutions.append(sub)
 
@@ -82,7 +91,7 @@ class Preparer:
         if model.weights_fallback is None:
             out.missing = problem
             return
-        self.say(f"SUBSTITUTE job {out.spec.name}: random initial weights stand in for {model.weights} ({problem})")
+        self._announce(f"SUBSTITUTE job {out.spec.name}: random initial weights stand in for {model.weights}", problem)
         out.substitutions.append(Substitution(kind="weights", wanted=model.weights, used="none", reason=problem))
         out.spec.model = model.model_copy(update={"weights": "none", "weights_fallback": None})
 
