@@ -20,7 +20,7 @@ console = Console(width=None if Console().is_terminal else 200)
 err = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 200)
 
 # Commands of other modules register themselves here: each module has register(app).
-COMMAND_MODULES: list[str] = ["runner.commands", "runner.images_cli", "runner.report_cli"]
+COMMAND_MODULES: list[str] = ["runner.commands", "runner.images_cli", "runner.report_cli", "runner.remote_cli"]
 
 
 def main() -> None:

@@ -35,6 +35,10 @@ GpusOpt = Annotated[
     float | None, typer.Option("--gpus", help="GPUs the embedded Ray declares (default: those it detects).")
 ]
 CpusOpt = Annotated[int | None, typer.Option("--cpus", help="CPUs the embedded Ray declares (default: all).")]
+InsecureOpt = Annotated[
+    bool,
+    typer.Option("--insecure", help="Allow a cluster beyond this machine without a token (see README: unsafe)."),
+]
 
 
 def _check_executor(executor: str | None) -> None:
@@ -68,6 +72,7 @@ def _prepare_plan(
     cpus: int | None,
     force: bool,
     download: bool,
+    insecure: bool = False,
 ):
     _check_executor(executor)
     loaded = load_suite(suite)
@@ -75,7 +80,7 @@ def _prepare_plan(
         raise UserError(
             "--gpus and --cpus describe the embedded Ray; with --address the cluster has its own. Fix: drop them."
         )
-    cluster = ray_cluster.connect(address, num_gpus=gpus, num_cpus=cpus)
+    cluster = ray_cluster.connect(address, num_gpus=gpus, num_cpus=cpus, insecure=insecure)
     console.print(cluster.describe(), highlight=False)
     chosen = _pick_profile(loaded, profile, cluster.gpus)
     specs = loaded.jobs(chosen)
@@ -119,11 +124,12 @@ def plan(
     gpus: GpusOpt = None,
     cpus: CpusOpt = None,
     force: Annotated[bool, typer.Option("--force")] = False,
+    insecure: InsecureOpt = False,
 ) -> None:
     """Show what `run` would do: each job's resources, executor, and run or skip with why."""
     try:
         loaded, chosen, planned = _prepare_plan(
-            suite, results, profile, executor, address, cache, gpus, cpus, force, download=False
+            suite, results, profile, executor, address, cache, gpus, cpus, force, download=False, insecure=insecure
         )
         title = f"plan of {loaded.name}" + (f" (profile {chosen})" if chosen else "")
         console.print(plan_table(planned, title))
@@ -143,13 +149,14 @@ def run(
     cpus: CpusOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Re-run jobs already done with the same spec.")] = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report at the end.")] = True,
+    insecure: InsecureOpt = False,
 ) -> None:
     """Run a suite on Ray: prepare inputs, schedule every job, gather results, write the report."""
     from runner.driver import Driver
 
     try:
         loaded, chosen, planned = _prepare_plan(
-            suite, results, profile, executor, address, cache, gpus, cpus, force, download=True
+            suite, results, profile, executor, address, cache, gpus, cpus, force, download=True, insecure=insecure
         )
         title = f"plan of {loaded.name}" + (f" (profile {chosen})" if chosen else "")
         console.print(plan_table(planned, title))
@@ -168,6 +175,8 @@ def run(
     if report:
         _report(suite_paths)
     console.print(status_table([suite_paths.dir]))
+    if driver.lost is not None:  # one message: what happened, what is in the results, how to go on
+        raise driver.lost
     failed = [n for n, s in finals.items() if s.state not in (JobState.SUCCEEDED, JobState.SKIPPED)]
     if failed:
         err.print(f"[red]{len(failed)} of {len(finals)} job(s) did not succeed:[/] {', '.join(failed)}")

@@ -1,16 +1,26 @@
-"""Running a plan on Ray: one task per job, statuses kept, failures recorded, Ctrl-C honoured."""
+"""Running a plan on Ray: one task per job, statuses kept, failures recorded, Ctrl-C honoured.
 
+Where a node does not see the driver's results folder, the job runs in a folder on that node and
+runner.transfer brings it back, live while it runs and whole when it ends. A job whose task or node
+fails runs again elsewhere (resources.max_retries), from the checkpoint that came back. A head that
+stops answering ends the run: unfinished jobs are marked failed ("cluster lost"), finished ones stay.
+"""
+
+import os
 import shutil
 import socket
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import ray
 
-from runner import __version__, executors
+from runner import __version__, executors, transfer
+from runner import cluster as ray_cluster
+from runner.errors import UserError
 from runner.executors import Launch
 from runner.live import LiveView
 from runner.plan import PlannedJob
@@ -18,35 +28,104 @@ from runner.results import JobPaths, SuitePaths, write_json
 from schemas import JobState, RunStatus, SpecFile
 
 USER_ERROR_EXIT = 2
+# Files of a job folder that a new attempt on another node does not need from the driver.
+NOT_SEEDED = ("spec.json", "status.json", "result.json", "progress.json")
+HEAD_CHECK_S = 2.0
 
 
 def now() -> datetime:
     return datetime.now(UTC)
 
 
-def _execute(job_dir: str, cache: str, executor: str, run_id: str) -> dict:
+def lost_after_s() -> float:
+    """How long the head may stay silent before the run ends as 'cluster lost' ($GRIDRUN_CLUSTER_LOST_AFTER_S)."""
+    return float(os.environ.get("GRIDRUN_CLUSTER_LOST_AFTER_S", 20))
+
+
+class ClusterLost(UserError):
+    """The Ray cluster went away mid-suite. Not the user's input: the suite failed (exit 1)."""
+
+    exit_code = 1
+
+
+class _Lost(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Request:
+    """What one attempt of one job is given: enough to run on a node that does not see the results."""
+
+    job_dir: str  # the job's folder as the driver sees it
+    cache: str
+    executor: str
+    run_id: str
+    attempt: int  # counts this run's attempts of the job, from 1
+    marker: str  # a file the driver wrote beside the job folders ...
+    marker_token: str  # ... holding this: a node that reads it back shares the results disk
+    spec_json: str
+    status_json: str  # status.json as queued
+    seed: list[tuple[str, list[Any]]] = field(default_factory=list)  # (path, chunk refs) the driver holds
+    board: Any = None  # actor handle: where a job that runs in a node folder says so
+
+
+def _execute(req: Request) -> dict:
     """The Ray task: start the job's worker with the GPUs Ray assigned, wait, report how it ended."""
     ctx = ray.get_runtime_context()
     gpu_ids = [str(i) for i in ctx.get_accelerator_ids().get("GPU", [])]
-    paths = JobPaths(Path(job_dir))
-    spec_file = paths.read_spec()
-    previous = paths.read_status()
+    node_id = ctx.get_node_id()
+    spec_file = SpecFile.model_validate_json(req.spec_json)
+    local_dir, state = "", {}
+    if transfer.shares_results(req.marker, req.marker_token):
+        paths = JobPaths(Path(req.job_dir))
+    else:
+        root = transfer.attempt_dir(req.run_id, spec_file.job, req.attempt, node_id)
+        paths = JobPaths(root / spec_file.suite / spec_file.job)
+        state = transfer.plant(paths.dir, req.spec_json, req.seed, ray.get)
+        local_dir = str(paths.dir)
+        if req.board is not None:  # for the live view; the outcome below says the same at the end
+            req.board.started.remote(spec_file.job, req.attempt, node_id, local_dir, state)
+    previous = RunStatus.model_validate_json(req.status_json)
     status = RunStatus(
         state=JobState.RUNNING,
         spec_hash=spec_file.spec_hash,
-        attempts=(previous.attempts if previous else 0) + 1,
-        executor=executor,
+        attempts=previous.attempts + 1,
+        executor=req.executor,
         node=socket.gethostname(),
         gpu_ids=gpu_ids,
-        queued_at=previous.queued_at if previous else None,
+        queued_at=previous.queued_at,
         started_at=now(),
     )
     write_json(paths.status, status)
-    outcome = executors.get(executor).run(Launch(paths, Path(cache), spec_file, run_id, gpu_ids))
-    return {"exit_code": outcome.exit_code, "reason": outcome.reason}
+    outcome = executors.get(req.executor).run(Launch(paths, Path(req.cache), spec_file, req.run_id, gpu_ids))
+    return {
+        "exit_code": outcome.exit_code,
+        "reason": outcome.reason,
+        "node_id": node_id,
+        "local_dir": local_dir,
+        "state": state,
+    }
 
 
-_remote_execute = ray.remote(_execute)
+# The driver retries a failed task itself (it knows why it failed, and what came back to resume from).
+_remote_execute = ray.remote(max_retries=0)(_execute)
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class Board:
+    """A mailbox: tasks that run in a node folder say where, so the driver can bring the folder back live."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict] = []
+
+    def started(self, job: str, attempt: int, node_id: str, local_dir: str, state: dict) -> None:
+        self.messages.append(
+            {"job": job, "attempt": attempt, "node_id": node_id, "local_dir": local_dir, "state": state}
+        )
+
+    def drain(self) -> list[dict]:
+        out, self.messages = self.messages, []
+        return out
 
 
 @dataclass
@@ -54,6 +133,9 @@ class Running:
     job: PlannedJob
     ref: "ray.ObjectRef"
     tries_left: int
+    attempt: int
+    outcome: dict | None = None  # how the task ended, once it has
+    mirror: transfer.Mirror | None = None  # the job's node folder, when it runs in one
 
 
 def _last_error(log: Path) -> str:
@@ -64,6 +146,11 @@ def _last_error(log: Path) -> str:
         return ""
     errors = [ln for ln in lines if ln.lower().startswith("error:") or "Error" in ln.split(":")[0]]
     return (errors or lines or [""])[-1][:500]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
 
 
 class Driver:
@@ -78,30 +165,59 @@ class Driver:
         self.cache = cache
         self.view = view
         self.run_id = uuid.uuid4().hex[:12]
+        self.cluster = ray_cluster.current()
+        self.lost: ClusterLost | None = None  # set when the cluster went away mid-suite
+        self._attempts: dict[str, int] = {}
+        self._cleanups: list[Any] = []
+        self._board: Any = None
+        self._marker: Path | None = None
+        self._token = ""
+
+    @property
+    def _remote(self) -> bool:
+        return self.cluster is not None and not self.cluster.embedded
 
     def run(self, plan: list[PlannedJob]) -> dict[str, RunStatus]:
         """Run every job of the plan; return the final status of each."""
         self.suite.dir.mkdir(parents=True, exist_ok=True)
         self.suite.suite_file.write_text(self.suite_text)
+        self._marker, self._token = transfer.write_marker(self.suite.dir, self.run_id)
         finals: dict[str, RunStatus] = {}
         running: list[Running] = []
-        for job in plan:
-            self._write_spec(job)
-            if job.action == "skip":
-                finals[job.spec.name] = self._finish(job, JobState.SKIPPED, reason=job.why, keep_times=True)
-            elif job.action == "fail":
-                finals[job.spec.name] = self._finish(job, JobState.FAILED, reason=job.why)
-            else:
-                running.append(self._submit(job, job.spec.resources.max_retries))
-        self.view.start(plan)
         try:
-            self._wait(running, finals)
-        except KeyboardInterrupt:
-            self._cancel(running, finals)
-            raise
+            if self._remote:
+                self._board = self._start_board()
+            for job in plan:
+                self._write_spec(job)
+                if job.action == "skip":
+                    finals[job.spec.name] = self._finish(job, JobState.SKIPPED, reason=job.why, keep_times=True)
+                elif job.action == "fail":
+                    finals[job.spec.name] = self._finish(job, JobState.FAILED, reason=job.why)
+                else:
+                    running.append(self._submit(job, job.spec.resources.max_retries))
+            self.view.start(plan)
+            try:
+                self._wait(running, finals)
+            except KeyboardInterrupt:
+                self._cancel(running, finals)
+                raise
+            except _Lost as e:
+                self._give_up(running, finals, str(e))
+            finally:
+                self.view.stop()
+            if self.lost is None and self._cleanups:
+                ray.wait(self._cleanups, num_returns=len(self._cleanups), timeout=10)
         finally:
-            self.view.stop()
+            self._marker.unlink(missing_ok=True)
         return finals
+
+    def _start_board(self) -> Any:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # Beside the driver (or on the head, for a Ray Client driver): it lives as long as the run.
+        client = self.cluster.address.startswith("ray://")
+        here = (ray_cluster.head_node_id() if client else None) or ray.get_runtime_context().get_node_id()
+        return Board.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
 
     def _write_spec(self, job: PlannedJob) -> None:
         paths = job.paths
@@ -132,47 +248,124 @@ class Driver:
 
     def _submit(self, job: PlannedJob, tries_left: int) -> Running:
         previous = job.paths.read_status()
-        write_json(
-            job.paths.status,
-            RunStatus(
-                state=JobState.QUEUED,
-                spec_hash=job.spec_hash,
-                attempts=previous.attempts if previous and previous.spec_hash == job.spec_hash else 0,
-                executor=job.executor.name,
-                queued_at=now(),
-            ),
+        queued = RunStatus(
+            state=JobState.QUEUED,
+            spec_hash=job.spec_hash,
+            attempts=previous.attempts if previous and previous.spec_hash == job.spec_hash else 0,
+            executor=job.executor.name,
+            queued_at=now(),
+        )
+        write_json(job.paths.status, queued)
+        attempt = self._attempts[job.spec.name] = self._attempts.get(job.spec.name, 0) + 1
+        # A node that does not share the results gets the driver's files (checkpoints to resume from) with
+        # the task; on an embedded Ray every node is this machine, so nothing needs to travel.
+        seed = []
+        if self._remote:
+            chunks = transfer.seed_chunks(job.paths.dir, transfer.chunk_bytes(), NOT_SEEDED)
+            seed = [(rel, [ray.put(c) for c in pieces]) for rel, pieces in chunks]
+        request = Request(
+            job_dir=str(job.paths.dir.resolve()),
+            cache=str(Path(self.cache).resolve()),
+            executor=job.executor.name,
+            run_id=self.run_id,
+            attempt=attempt,
+            marker=str(self._marker.resolve()),
+            marker_token=self._token,
+            spec_json=job.paths.spec.read_text(),
+            status_json=queued.model_dump_json(),
+            seed=seed,
+            board=self._board,
         )
         res = job.spec.resources
-        options = {"num_cpus": res.cpus, "num_gpus": res.gpus, "max_retries": res.max_retries}
+        options: dict[str, Any] = {"num_cpus": res.cpus, "num_gpus": res.gpus}
         if res.memory_gb:
             options["memory"] = int(res.memory_gb * 2**30)
-        ref = _remote_execute.options(**options).remote(
-            str(job.paths.dir), str(self.cache), job.executor.name, self.run_id
-        )
-        return Running(job, ref, tries_left)
+        if res.custom:
+            options["resources"] = dict(res.custom)
+        if res.labels:
+            options["label_selector"] = dict(res.labels)
+        ref = _remote_execute.options(**options).remote(request)
+        return Running(job, ref, tries_left, attempt)
 
     def _wait(self, running: list[Running], finals: dict[str, RunStatus]) -> None:
+        last_board = last_check = time.monotonic()
+        silent_since: float | None = None
         while running:
-            refs = [r.ref for r in running]
-            done, _ = ray.wait(refs, num_returns=1, timeout=0.5)
+            waiting = [r.ref for r in running if r.outcome is None]
+            try:
+                done = ray.wait(waiting, num_returns=1, timeout=0.5)[0] if waiting else []
+                if not waiting:
+                    time.sleep(0.1)
+                for ref in done:
+                    self._ended(next(r for r in running if r.ref == ref))
+                if self._board is not None and time.monotonic() - last_board > 1:
+                    last_board = time.monotonic()
+                    self._read_board(running)
+                for item in running:
+                    if item.mirror is not None:
+                        item.mirror.step()
+            except (ray.exceptions.RaySystemError, ConnectionError) as e:
+                if self.cluster is not None and not ray_cluster.alive(self.cluster):
+                    raise _Lost(f"Ray failed with {_first_line(e)}") from None
+                raise
             self.view.refresh()
-            for ref in done:
-                item = next(r for r in running if r.ref == ref)
-                running.remove(item)
-                retry = self._collect(item, finals)
-                if retry is not None:
-                    running.append(retry)
+            for item in list(running):
+                if item.outcome is not None and (item.mirror is None or item.mirror.done):
+                    running.remove(item)
+                    retry = self._collect(item, finals)
+                    if retry is not None:
+                        running.append(retry)
+            if self.cluster is not None and time.monotonic() - last_check > HEAD_CHECK_S:
+                last_check = time.monotonic()
+                if ray_cluster.alive(self.cluster):
+                    silent_since = None
+                elif silent_since is None:
+                    silent_since = last_check
+                elif last_check - silent_since > lost_after_s():
+                    host, port = self.cluster.probe
+                    raise _Lost(f"its head ({host}:{port}) stopped answering {last_check - silent_since:.0f} s ago")
+
+    def _ended(self, item: Running) -> None:
+        """The task of `item` ended: keep how, and start bringing its node folder back if it has one."""
+        try:
+            item.outcome = ray.get(item.ref)
+        except ray.exceptions.TaskCancelledError:
+            item.outcome = {"cancelled": True}
+        except ray.exceptions.RayError as e:
+            item.outcome = {"exit_code": None, "reason": f"the run's Ray task failed: {_first_line(e)}"}
+            if item.mirror is not None:
+                item.mirror.stop("the task failed")
+            return
+        if item.outcome.get("local_dir"):
+            if item.mirror is None:
+                o = item.outcome
+                item.mirror = transfer.Mirror(
+                    o["node_id"], o["local_dir"], o["state"], item.job.paths.dir, item.attempt
+                )
+            item.mirror.finish()
+
+    def _read_board(self, running: list[Running]) -> None:
+        try:
+            messages = ray.get(self._board.drain.remote(), timeout=5)
+        except (ray.exceptions.RayError, ray.exceptions.GetTimeoutError):
+            return  # live copies pause; each job's folder still comes back when it ends
+        for m in messages:
+            item = next((r for r in running if r.job.spec.name == m["job"] and r.attempt == m["attempt"]), None)
+            if item is not None and item.mirror is None and item.outcome is None:
+                item.mirror = transfer.Mirror(
+                    m["node_id"], m["local_dir"], m["state"], item.job.paths.dir, m["attempt"]
+                )
 
     def _collect(self, item: Running, finals: dict[str, RunStatus]) -> Running | None:
-        job = item.job
-        try:
-            outcome = ray.get(item.ref)
-            code, reason = outcome["exit_code"], outcome["reason"]
-        except ray.exceptions.TaskCancelledError:
+        job, outcome = item.job, item.outcome or {}
+        if item.mirror is not None and not item.mirror.lost:
+            self._cleanups.append(item.mirror.cleanup())
+        if outcome.get("cancelled"):
             finals[job.spec.name] = self._finish(job, JobState.CANCELLED, reason="cancelled")
             return None
-        except ray.exceptions.RayError as e:
-            code, reason = None, f"the run's Ray task failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        code, reason = outcome.get("exit_code"), outcome.get("reason", "")
+        if item.mirror is not None and item.mirror.lost and code == 0:
+            code, reason = None, f"its folder did not come back from its node: {item.mirror.lost}"
         if code == 0 and job.paths.read_result() is not None:
             finals[job.spec.name] = self._finish(job, JobState.SUCCEEDED, exit_code=0)
             self.view.event(job.spec.name, "succeeded")
@@ -202,13 +395,39 @@ class Driver:
         return status
 
     def _cancel(self, running: list[Running], finals: dict[str, RunStatus]) -> None:
-        """Ctrl-C: cancel every task (its executor kills the worker), mark each cancelled."""
+        """Ctrl-C: cancel every task (its executor kills the worker), bring back what ran on other nodes'
+        disks, mark each job cancelled."""
         self.view.stop()
         for item in running:
-            ray.cancel(item.ref, force=False)
+            if item.outcome is None:
+                ray.cancel(item.ref, force=False)
         deadline = time.monotonic() + 20
-        pending = [r.ref for r in running]
+        pending = [r.ref for r in running if r.outcome is None]
         while pending and time.monotonic() < deadline:
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=1)
+        deadline = time.monotonic() + 30
         for item in running:
-            finals[item.job.spec.name] = self._finish(item.job, JobState.CANCELLED, reason="cancelled by Ctrl-C")
+            if item.mirror is not None and item.mirror.drain(deadline):
+                ray.wait([item.mirror.cleanup()], timeout=5)
+        for item in running:
+            if item.job.spec.name not in finals:
+                finals[item.job.spec.name] = self._finish(item.job, JobState.CANCELLED, reason="cancelled by Ctrl-C")
+
+    def _give_up(self, running: list[Running], finals: dict[str, RunStatus], why: str) -> None:
+        """The head is gone: record every job that did not finish as failed, keep those that did."""
+        reason = f"cluster lost: {why}"
+        for item in running:
+            if item.mirror is not None:
+                item.mirror.done, item.mirror.lost = True, reason
+                item.mirror.receiver.discard_partials()
+            name = item.job.spec.name
+            finals[name] = self._finish(item.job, JobState.FAILED, reason=reason)
+            self.view.event(name, f"failed: {reason}")
+        unfinished = len(running)
+        succeeded = sum(1 for s in finals.values() if s.state in (JobState.SUCCEEDED, JobState.SKIPPED))
+        self.lost = ClusterLost(
+            f"lost the Ray cluster at {self.cluster.address}: {why}. {succeeded} job(s) had finished and are "
+            f"complete in {self.suite.dir}; {unfinished} unfinished job(s) are marked failed with reason "
+            "'cluster lost'. Fix: restart the cluster (or mend the network to its head) and run the same command "
+            "again: finished jobs are skipped, the others resume from their last checkpoint that came back."
+        )

@@ -43,16 +43,52 @@ class PlannedJob:
         return subs
 
 
+def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    """Whether node `labels` satisfy a Ray label selector: 'v', '!v', 'in(a,b)', '!in(a,b)' per key."""
+    for key, want in selector.items():
+        negate = want.startswith("!")
+        want = want.removeprefix("!")
+        allowed = set(want[3:-1].split(",")) if want.startswith("in(") else {want}
+        if (labels.get(key) in allowed) == negate:
+            return False
+    return True
+
+
+def _fits(res, n: Node) -> bool:
+    return (
+        n.gpus >= res.gpus
+        and n.cpus >= res.cpus
+        and (res.memory_gb is None or n.memory_gb >= res.memory_gb)
+        and all(n.resources.get(name, 0.0) >= amount for name, amount in res.custom.items())
+        and labels_match(res.labels, n.labels)
+    )
+
+
+def placement(spec: JobSpec) -> str:
+    """The custom resources and node labels a job asks for, in words ('' when none)."""
+    res = spec.resources
+    parts = [f"{name}: {amount:g}" for name, amount in res.custom.items()]
+    parts += [f"{key}={value}" for key, value in res.labels.items()]
+    return ", ".join(parts)
+
+
 def fit_problem(spec: JobSpec, nodes: list[Node]) -> str:
     """'' when some node can hold the job, else why none can."""
     res = spec.resources
-    for n in nodes:
-        if n.gpus >= res.gpus and n.cpus >= res.cpus and (res.memory_gb is None or n.memory_gb >= res.memory_gb):
-            return ""
+    if any(_fits(res, n) for n in nodes):
+        return ""
     best_gpu = max((n.gpus for n in nodes), default=0)
     best_cpu = max((n.cpus for n in nodes), default=0)
     needs = f"{res.gpus:g} GPU(s) and {res.cpus:g} CPU(s)" + (f" and {res.memory_gb:g} GiB" if res.memory_gb else "")
-    return f"needs {needs}; the largest node has {best_gpu:g} GPU(s) and {best_cpu:g} CPU(s)"
+    if not res.custom and not res.labels:
+        return f"needs {needs}; the largest node has {best_gpu:g} GPU(s) and {best_cpu:g} CPU(s)"
+    offered = "; ".join(
+        f"{n.host or n.node_id[:8]}: {n.gpus:g} GPU, {n.cpus:g} CPU"
+        + "".join(f", {k}: {v:g}" for k, v in sorted(n.resources.items()) if k in res.custom)
+        + "".join(f", {k}={v}" for k, v in sorted(n.labels.items()) if k in res.labels)
+        for n in nodes
+    )
+    return f"needs {needs} on a node with {placement(spec)}; the nodes offer: {offered or 'none'}"
 
 
 def make_plan(
@@ -72,8 +108,8 @@ def make_plan(
         lines = "\n  ".join(f"{name}: {problem}" for name, problem in refused)
         raise UserError(
             f"{loaded.path}: {len(refused)} job(s) cannot fit on any node of the cluster:\n  {lines}\n"
-            "Fix: lower resources.gpus / resources.cpus, pick a profile that fits (--profile cpu), "
-            "or attach a larger cluster with --address."
+            "Fix: lower resources.gpus / resources.cpus, change resources.custom / resources.labels, pick a profile "
+            "that fits (--profile cpu), or attach a larger cluster with --address."
         )
     choices = [choose(executor or s.executor, s) for s in specs]
     preparer = Preparer(cache, download=download, say=say)
@@ -125,6 +161,8 @@ def plan_table(plan: list[PlannedJob], title: str) -> Table:
             weights += " (frozen)"
         subs = "\n".join(f"[yellow]{x.kind}: {x.used} for {x.wanted}[/]" for x in p.substitutions)
         res = f"{s.resources.gpus:g} GPU, {s.resources.cpus:g} CPU"
+        if placement(s):
+            res += f"\n[magenta]on {placement(s)}[/]"
         colour = {"run": "green", "skip": "cyan", "fail": "red"}[p.action]
         table.add_row(
             s.name,

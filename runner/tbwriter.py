@@ -4,20 +4,27 @@ Both trainers write through this module, so their runs carry identical tags and 
 one TensorBoard.
 """
 
+import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from tensorboard.compat.proto.event_pb2 import Event
-from tensorboard.compat.proto.summary_pb2 import Summary
-from tensorboard.plugins.hparams import summary_v2 as hparams_summary
-from tensorboard.plugins.text import metadata as text_metadata
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
-from tensorboard.util import tensor_util
+# TensorBoard's file I/O uses TensorFlow's gfile whenever TensorFlow is installed: a TF import
+# (seconds, and hundreds of MB) in every PyTorch worker. This is TensorBoard's own switch
+# (tensorboard/compat:no_tensorflow) to its built-in stub, which writes local files the same way.
+sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
 
-from runner.trainers.common import TAGS
-from schemas import EpochRecord
+import numpy as np  # noqa: E402
+from tensorboard.compat.proto.event_pb2 import Event  # noqa: E402
+from tensorboard.compat.proto.summary_pb2 import Summary  # noqa: E402
+from tensorboard.plugins.hparams import summary_v2 as hparams_summary  # noqa: E402
+from tensorboard.plugins.text import metadata as text_metadata  # noqa: E402
+from tensorboard.summary.writer.event_file_writer import EventFileWriter  # noqa: E402
+from tensorboard.util import tensor_util  # noqa: E402
+
+from runner.trainers.common import TAGS  # noqa: E402
+from schemas import EpochRecord  # noqa: E402
 
 
 class TBWriter:

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -17,6 +18,9 @@ ExecutorName = Literal["auto", "process", "docker"]
 # max-pools need 63 px; VGG16's and ResNet18's five halvings need 32.
 MIN_IMAGE_SIZE: dict[str, int] = {"alexnet": 63, "vgg16": 32, "resnet18": 32}
 WEIGHTS_FILE_SUFFIXES = (".pth", ".pt", ".h5", ".keras")
+# Ray node labels: a key like gpu-type or ray.io/accelerator-type; a value, optionally negated or a set.
+_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,252}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^!?([A-Za-z0-9._-]{1,63}|in\([A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*\))$")
 
 
 class DatasetSpec(Strict):
@@ -127,11 +131,36 @@ class ResourcesSpec(Strict):
     memory_gb: float | None = Field(None, gt=0, description="Host memory limit in GiB.")
     timeout_minutes: float | None = Field(None, gt=0, description="Stop the run after this long.")
     max_retries: int = Field(0, ge=0, le=10, description="Retries after a failure of the node or container.")
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray custom resources the run needs, e.g. {A100: 1}: only nodes started with "
+        "`ray start --resources '{\"A100\": 4}'` can hold it.",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Node labels the run's node must carry (Ray label selector), e.g. {gpu-type: A100}; a value "
+        "may be 'v', '!v', 'in(a,b)' or '!in(a,b)'. Nodes get labels with `ray start --labels gpu-type=A100`.",
+    )
 
     @model_validator(mode="after")
     def _whole_gpus_above_one(self) -> "ResourcesSpec":
         if self.gpus > 1 and self.gpus != int(self.gpus):
             raise ValueError(f"gpus {self.gpus} is a fraction above 1: use a whole number, or a fraction below 1")
+        return self
+
+    @model_validator(mode="after")
+    def _check_placement(self) -> "ResourcesSpec":
+        for name, amount in self.custom.items():
+            if name in ("CPU", "GPU", "memory", "object_store_memory"):
+                raise ValueError(f"custom resource {name!r} is built in: use resources.cpus / gpus / memory_gb")
+            if amount <= 0:
+                raise ValueError(f"custom resource {name!r} needs a positive amount, not {amount:g}")
+        for key, value in self.labels.items():
+            if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+                raise ValueError(
+                    f"label {key}: {value!r} is not a node label selector: use a key of letters, digits, '-', '_', "
+                    "'.', '/' and a value 'v', '!v', 'in(a,b)' or '!in(a,b)'"
+                )
         return self
 
 

@@ -58,7 +58,7 @@ def test_two_gpu_launches_get_their_own_device_ids(tmp_path: Path, cache: Path) 
     assert none["device_requests"] is None and none["environment"]["CUDA_VISIBLE_DEVICES"] == ""
 
 
-def test_container_config_is_confined(tmp_path: Path, cache: Path) -> None:
+def test_container_config_is_confined(tmp_path: Path, cache: Path, monkeypatch) -> None:
     paths = make_job(tmp_path, name="conf", resources={"memory_gb": 3})
     cfg = container_config(launch_of(paths, cache), "img:1", "sha256:abc", "/opt/venv/bin/python", "1000:1000", 0)
     assert cfg["cap_drop"] == ["ALL"] and cfg["security_opt"] == ["no-new-privileges"]
@@ -82,6 +82,11 @@ def test_container_config_is_confined(tmp_path: Path, cache: Path) -> None:
     assert cfg["environment"]["GRIDRUN_IMAGE"] == "img:1"
     assert cfg["environment"]["GRIDRUN_IMAGE_DIGEST"] == "sha256:abc"
     assert cfg["environment"]["GRIDRUN_EXECUTOR"] == "docker"
+    # Relative --results and --cache become absolute mount sources.
+    monkeypatch.chdir(tmp_path)
+    relative = Launch(JobPaths(paths.dir.relative_to(tmp_path)), Path("cache"), paths.read_spec(), "run-1")
+    cfg = container_config(relative, "img:1", "sha256:abc", "python", "1000:1000", 8 * GiB)
+    assert {m["Source"] for m in cfg["mounts"]} == {str(paths.dir.parent), str(cache)}
 
 
 def test_container_user() -> None:

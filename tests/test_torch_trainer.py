@@ -215,7 +215,7 @@ def test_kill_and_resume_records_every_epoch(tmp_path: Path) -> None:
 
 
 def test_a_checkpoint_of_another_spec_is_not_resumed(tmp_path: Path) -> None:
-    paths = make_job(tmp_path, dataset={"limit": 64}, spec_hash="old-hash")
+    paths = make_job(tmp_path, model={"classifier_width": 64}, dataset={"limit": 64}, spec_hash="old-hash")
     assert run_worker(paths, tmp_path / "cache").returncode == 0
     write_json(paths.spec, spec_file(paths.read_spec().spec, spec_hash="new-hash"))
     proc = run_worker(paths, tmp_path / "cache")

@@ -118,9 +118,10 @@ def container_config(
     spec = launch.spec_file.spec
     suite_in = RESULTS_IN / launch.paths.dir.parent.name
     job_in = suite_in / launch.paths.dir.name
+    # Docker wants absolute sources; --results and --cache may be relative.
     mounts = [
-        Mount(str(suite_in), str(launch.paths.dir.parent), type="bind", read_only=False),
-        Mount(str(CACHE_IN), str(launch.cache), type="bind", read_only=True),
+        Mount(str(suite_in), str(launch.paths.dir.parent.resolve()), type="bind", read_only=False),
+        Mount(str(CACHE_IN), str(Path(launch.cache).resolve()), type="bind", read_only=True),
     ]
     # Data and weights outside the cache: the loader made them absolute; same path inside, read-only.
     for extra in _input_paths(spec):
@@ -132,7 +133,10 @@ def container_config(
         "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(len(launch.gpu_ids))),
         "GRIDRUN_IMAGE": image,
         "GRIDRUN_IMAGE_DIGEST": image_digest,
-        "HOME": "/tmp",  # the uid may have no home in the image; Keras and matplotlib write there
+        # The invoker's uid may have no home nor passwd entry in the image: Keras and matplotlib
+        # write under HOME, and getpass.getuser() (torch.compile's cache) reads USER first.
+        "HOME": "/tmp",
+        "USER": "gridrun",
     }
     suite, job = launch.spec_file.suite, launch.spec_file.job
     return {

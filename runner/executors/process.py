@@ -39,7 +39,11 @@ class ProcessExecutor(Executor):
 
     def run(self, launch: Launch) -> Outcome:
         cmd = worker_command(sys.executable, launch.paths.dir, launch.cache)
-        env = {**os.environ, **worker_env(launch, self.name)}
+        # The training code has no use for the cluster's token: it must not be able to print it into a log.
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")},
+            **worker_env(launch, self.name),
+        }
         launch.paths.dir.mkdir(parents=True, exist_ok=True)
         with open(launch.paths.log, "ab", buffering=0) as log:
             log.write(f"$ {' '.join(cmd)}\n".encode())

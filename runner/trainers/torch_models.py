@@ -129,7 +129,8 @@ def _read_state_dict(path: Path, spec: JobSpec) -> dict[str, torch.Tensor]:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(
-            f"weights file {path} cannot be read as a PyTorch state dict ({type(e).__name__}: {e}). "
+            # torch's own message runs over many lines and suggests weights_only=False: not for a user.
+            f"weights file {path} cannot be read as a PyTorch state dict of tensors ({type(e).__name__}). "
             "Fix: save it with torch.save(model.state_dict(), path)."
         ) from None
     if isinstance(loaded, Mapping) and isinstance(loaded.get("model"), Mapping):
