@@ -112,7 +112,9 @@ def framework_pairs(runs: list[Run]) -> list[Pair]:
     groups: dict[tuple[str, str, str], dict[str, Run]] = {}
     for run, result in _finished(runs):
         spec = result.spec
-        key = (spec.model.arch, weights_label(spec, result.substitutions), dataset_label(spec, result.substitutions))
+        # Only the same network is compared: a narrower classifier is another model.
+        model = spec.model.arch + (f" (dense {spec.model.classifier_width})" if spec.model.classifier_width else "")
+        key = (model, weights_label(spec, result.substitutions), dataset_label(spec, result.substitutions))
         side = groups.setdefault(key, {})
         held = side.get(spec.framework)
         if held is None or result.best_test_accuracy > held.result.best_test_accuracy:  # type: ignore[union-attr]
