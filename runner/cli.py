@@ -38,7 +38,9 @@ def main() -> None:
             err.print("interrupted")
         sys.exit(code if isinstance(code, int) else 0)
     except UserError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        from rich.markup import escape  # a message may hold brackets: ray[default], a path, a list
+
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")

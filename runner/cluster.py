@@ -187,17 +187,20 @@ def parse_address(address: str) -> Target:
     return Target("client" if parsed.scheme == "ray" else "gcs", address, parsed.hostname, parsed.port)
 
 
-def check_reachable(address: str, host: str, port: int, timeout: float = 5.0) -> None:
+def check_reachable(
+    address: str,
+    host: str,
+    port: int,
+    timeout: float = 5.0,
+    fix: str = "check the address and port, start one with `ray start --head`, or leave out --address to run "
+    "on an embedded local Ray",
+) -> None:
     """Fail fast with a clear message, where Ray alone would retry for a minute."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as e:
-        raise UserError(
-            f"cannot reach a Ray cluster at {address} ({e.strerror or e}). "
-            "Fix: check the address and port, start one with `ray start --head`, or leave out --address "
-            "to run on an embedded local Ray."
-        ) from None
+        raise UserError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}). Fix: {fix}.") from None
 
 
 @contextlib.contextmanager
@@ -282,6 +285,15 @@ def _code_runtime_env() -> dict:
     }
 
 
+def _token_mode() -> None:
+    """Have Ray's own loader send the token (RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH) on every connection."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")  # Ray read its settings when imported: read them again
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 def attach(address: str, insecure: bool = False) -> Target:
     """Checks, then ray.init on an existing cluster: token or --insecure, reachable, token accepted, same Ray."""
     import ray
@@ -290,7 +302,7 @@ def attach(address: str, insecure: bool = False) -> Target:
     token = auth_token()
     require_token(address, target.host, token, insecure)
     if token is not None:
-        os.environ["RAY_AUTH_MODE"] = "token"  # Ray's own loader then sends RAY_AUTH_TOKEN(_PATH)
+        _token_mode()
     if target.kind != "auto":
         check_reachable(address, target.host, target.port)
     (_preflight_client if target.kind == "client" else _preflight_gcs)(target, token)

@@ -259,10 +259,7 @@ class Driver:
         attempt = self._attempts[job.spec.name] = self._attempts.get(job.spec.name, 0) + 1
         # A node that does not share the results gets the driver's files (checkpoints to resume from) with
         # the task; on an embedded Ray every node is this machine, so nothing needs to travel.
-        seed = []
-        if self._remote:
-            chunks = transfer.seed_chunks(job.paths.dir, transfer.chunk_bytes(), NOT_SEEDED)
-            seed = [(rel, [ray.put(c) for c in pieces]) for rel, pieces in chunks]
+        seed = transfer.seed(job.paths.dir, transfer.chunk_bytes(), NOT_SEEDED, ray.put) if self._remote else []
         request = Request(
             job_dir=str(job.paths.dir.resolve()),
             cache=str(Path(self.cache).resolve()),
@@ -291,22 +288,25 @@ class Driver:
         last_board = last_check = time.monotonic()
         silent_since: float | None = None
         while running:
-            waiting = [r.ref for r in running if r.outcome is None]
+            waiting = {r.ref: r for r in running if r.outcome is None}
+            # A finished pull wakes the loop too, so that a folder in many pieces streams without pauses.
+            pulls = [r.mirror.pending for r in running if r.mirror is not None and r.mirror.pending is not None]
             try:
-                done = ray.wait(waiting, num_returns=1, timeout=0.5)[0] if waiting else []
-                if not waiting:
-                    time.sleep(0.1)
-                for ref in done:
-                    self._ended(next(r for r in running if r.ref == ref))
+                ready = ray.wait([*waiting, *pulls], num_returns=1, timeout=0.5)[0] if waiting or pulls else []
+                if not waiting and not pulls:
+                    time.sleep(0.05)
+                for ref in ready:
+                    if ref in waiting:
+                        self._ended(waiting[ref])
                 if self._board is not None and time.monotonic() - last_board > 1:
                     last_board = time.monotonic()
                     self._read_board(running)
                 for item in running:
                     if item.mirror is not None:
                         item.mirror.step()
-            except (ray.exceptions.RaySystemError, ConnectionError) as e:
+            except Exception as e:  # the connection to the head broke (OSError, ConnectionError, RaySystemError)
                 if self.cluster is not None and not ray_cluster.alive(self.cluster):
-                    raise _Lost(f"Ray failed with {_first_line(e)}") from None
+                    raise _Lost(f"Ray failed with {_first_line(e)} and the head does not answer") from None
                 raise
             self.view.refresh()
             for item in list(running):
@@ -358,7 +358,7 @@ class Driver:
 
     def _collect(self, item: Running, finals: dict[str, RunStatus]) -> Running | None:
         job, outcome = item.job, item.outcome or {}
-        if item.mirror is not None and not item.mirror.lost:
+        if item.mirror is not None:  # on a node that died, this fails at once: nothing is left there anyway
             self._cleanups.append(item.mirror.cleanup())
         if outcome.get("cancelled"):
             finals[job.spec.name] = self._finish(job, JobState.CANCELLED, reason="cancelled")
@@ -409,9 +409,10 @@ class Driver:
         for item in running:
             if item.mirror is not None and item.mirror.drain(deadline):
                 ray.wait([item.mirror.cleanup()], timeout=5)
+        why = "cancelled by `gridrun cancel`" if os.environ.get("GRIDRUN_SUBMISSION") else "cancelled by Ctrl-C"
         for item in running:
             if item.job.spec.name not in finals:
-                finals[item.job.spec.name] = self._finish(item.job, JobState.CANCELLED, reason="cancelled by Ctrl-C")
+                finals[item.job.spec.name] = self._finish(item.job, JobState.CANCELLED, reason=why)
 
     def _give_up(self, running: list[Running], finals: dict[str, RunStatus], why: str) -> None:
         """The head is gone: record every job that did not finish as failed, keep those that did."""

@@ -7,6 +7,7 @@ through Ray, into a folder here. Every request carries Ray's token; it is never 
 the job's runtime_env or metadata, which anyone who may list jobs can read.
 """
 
+import logging
 import secrets
 import shlex
 import shutil
@@ -63,9 +64,15 @@ class JobsApi:
                 f"Fix: give the head's dashboard address, e.g. --address http://head:8265 (default {DEFAULT_ADDRESS})."
             )
         self.address = address.rstrip("/")
+        logging.getLogger("ray").setLevel(logging.WARNING)  # not Ray's "uploading package" chatter
         token = ray_cluster.auth_token()
         ray_cluster.require_token(address, url.hostname, token, insecure)
-        ray_cluster.check_reachable(address, url.hostname, url.port or (443 if url.scheme == "https" else 80))
+        ray_cluster.check_reachable(
+            address,
+            url.hostname,
+            url.port or (443 if url.scheme == "https" else 80),
+            fix="check the address and that the head runs its dashboard there (`ray start --head` serves it on 8265)",
+        )
         self._token = token
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.ray_version = self._check_version()
@@ -143,7 +150,10 @@ class JobsApi:
                 self.client.submit_job(
                     entrypoint=entrypoint,
                     submission_id=sid,
-                    runtime_env={"working_dir": stage, "env_vars": {**STOP_ENV, "PYTHONUNBUFFERED": "1"}},
+                    runtime_env={
+                        "working_dir": stage,
+                        "env_vars": {**STOP_ENV, "PYTHONUNBUFFERED": "1", "GRIDRUN_SUBMISSION": sid},
+                    },
                     metadata={"gridrun": __version__, "suite": loaded.name, "results": results},
                 )
         return sid, results

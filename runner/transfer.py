@@ -25,7 +25,8 @@ from typing import Any
 MARKER_PREFIX = ".gridrun-marker-"
 PART = ".gridrun-part"  # suffix of a file still arriving
 LAST = "result.json"
-DRIVER_OWNED = ("spec.json",)  # the driver writes it; a node never sends it back
+DRIVER_OWNED = ("spec.json",)
+MAX_PULL_ERRORS = 5  # the driver writes it; a node never sends it back
 State = dict[str, list[int]]  # relative path -> [mtime_ns, size, bytes sent] of the version being sent
 
 
@@ -81,17 +82,23 @@ def _append_only(rel: str) -> bool:
 
 
 def files(root: Path, skip: Iterable[str] = ()) -> list[str]:
-    """Relative paths of the regular files under root, result.json last; markers and partial files left out."""
+    """Relative paths of the regular files under root: smallest first (status, progress, log and events reach
+    the live view before a checkpoint does), result.json last. Hidden files are left out: they are markers,
+    and the temporary files of atomic writes, renamed into place a moment later."""
     skipped = set(skip)
-    out = []
+    found = []
     for dirpath, _, names in os.walk(root):
         for name in names:
-            if name.startswith(MARKER_PREFIX) or name.endswith(PART):
+            if name.startswith(".") or name.endswith(PART):
                 continue
-            rel = (Path(dirpath) / name).relative_to(root).as_posix()
-            if rel not in skipped and (Path(dirpath) / name).is_file():
-                out.append(rel)
-    return sorted(out, key=lambda rel: (rel == LAST or rel.endswith(f"/{LAST}"), rel))
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            try:
+                if rel not in skipped and path.is_file():
+                    found.append((name == LAST, path.stat().st_size, rel))
+            except OSError:
+                continue  # removed while we looked
+    return [rel for _, _, rel in sorted(found)]
 
 
 def _next_piece(f: Any, rel: str, known: list[int] | None, budget: int) -> tuple[dict[str, Any] | None, bool]:
@@ -170,15 +177,17 @@ def remove(path: str) -> None:
 # --- the driver's side -------------------------------------------------------------------------
 
 
-def seed_chunks(job_dir: Path, chunk: int, skip: tuple[str, ...]) -> list[tuple[str, list[bytes]]]:
-    """The driver's files of a job, in pieces, to plant on the node of its next attempt."""
+def seed(job_dir: Path, chunk: int, skip: tuple[str, ...], put: Callable[[bytes], Any]) -> list[tuple[str, list[Any]]]:
+    """The driver's files of a job, each as the `put` (ray.put) of its pieces, for the node of its next attempt.
+
+    One piece is read at a time: a checkpoint of many gigabytes goes to the object store, not into memory."""
     out = []
     for rel in files(job_dir, skip):
-        pieces = []
+        refs = []
         with open(job_dir / rel, "rb") as f:
             while data := f.read(chunk):
-                pieces.append(data)
-        out.append((rel, pieces or [b""]))
+                refs.append(put(data))
+        out.append((rel, refs or [put(b"")]))
     return out
 
 
@@ -258,6 +267,7 @@ class Mirror:
         self.finishing = False
         self.done = False
         self.lost = ""  # why pulling stopped early
+        self.errors = 0  # pulls failed in a row
 
     def _start(self) -> None:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -272,6 +282,7 @@ class Mirror:
     def finish(self) -> None:
         """The job ended: pull until everything is here (`done`)."""
         self.finishing = True
+        self.next_at = 0.0
 
     def stop(self, why: str) -> None:
         """Pull no more (the node is gone); drop what did not finish arriving."""
@@ -298,9 +309,14 @@ class Mirror:
             try:
                 out = ray.get(self.pending)
             except ray.exceptions.RayError as e:
-                self.pending = None
-                self.stop(f"could not read the job's folder on its node: {type(e).__name__}")
+                # A pull can fail once (its worker died); a node that is gone fails the job's task as well.
+                self.pending, self.errors = None, self.errors + 1
+                if self.errors >= MAX_PULL_ERRORS:
+                    self.stop(f"could not read the job's folder on its node: {type(e).__name__}")
+                else:
+                    self.next_at = time.monotonic() + self.interval
                 return
+            self.errors = 0
             final = self.pending_is_final
             self.pending = None
             self.state = out["state"]
@@ -313,7 +329,7 @@ class Mirror:
                 return
             if out["complete"]:
                 self.next_at = time.monotonic() + self.interval
-        if self.pending is None and (self.finishing or time.monotonic() >= self.next_at):
+        if self.pending is None and time.monotonic() >= self.next_at:
             self._start()
 
     def drain(self, deadline: float) -> bool:

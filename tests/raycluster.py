@@ -12,7 +12,9 @@ the test's), and only the processes of this cluster are ever killed: never `ray 
 Ray on the machine.
 """
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -63,10 +65,8 @@ def kill_trees(match) -> int:
         doomed |= children
         grew = bool(children)
     for pid in doomed:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return len(doomed)
 
 
@@ -89,7 +89,7 @@ class RayCluster:
     workers: list[RayNode] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.temp = Path(tempfile.mkdtemp(prefix="gr", dir="/tmp"))
+        self.temp = Path(tempfile.mkdtemp(prefix="grray-", dir="/tmp"))
         self.home = self.root / "home"
         self.home.mkdir(parents=True, exist_ok=True)
 
@@ -143,24 +143,31 @@ class RayCluster:
         self.head = RayNode(nm, env or {})
 
     def start_workers(self, specs: list[dict]) -> list[RayNode]:
-        """Start worker nodes side by side; each spec: cpus, gpus, resources (JSON), labels, env."""
-        procs = []
-        for spec in specs:
-            cmd, nm = self._command(spec.get("cpus", 1), spec.get("gpus", 0), spec.get("resources"), spec.get("labels"))
-            cmd += ["--address", self.address]
-            env = {**self.base_env(), **spec.get("env", {})}
-            procs.append((subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT), nm, spec))
+        """Start worker nodes one after the other; each spec: cpus, gpus, resources (JSON), labels, env."""
         nodes = []
-        for proc, nm, spec in procs:
-            out, _ = proc.communicate(timeout=180)
-            assert proc.returncode == 0, out.decode(errors="replace")[-3000:]
-            nodes.append(RayNode(nm, spec.get("env", {})))
+        for spec in specs:
+            for tries_left in (1, 0):  # on a loaded machine `ray start` can time out waiting for the GCS
+                cmd, nm = self._command(
+                    spec.get("cpus", 1), spec.get("gpus", 0), spec.get("resources"), spec.get("labels")
+                )
+                cmd += ["--address", self.address]
+                node = RayNode(nm, spec.get("env", {}))
+                proc = subprocess.run(
+                    cmd, env={**self.base_env(), **node.env}, capture_output=True, text=True, timeout=180
+                )
+                if proc.returncode == 0:
+                    break
+                self.kill_node(node)
+                assert tries_left, proc.stdout[-3000:] + proc.stderr[-3000:]
+            nodes.append(node)
         self.workers += nodes
         return nodes
 
     def kill_node(self, node: RayNode) -> int:
         """What a machine's death looks like to Ray: its raylet and everything under it gone at once."""
-        return kill_trees(lambda cmd: "raylet/raylet " in cmd and f"--node_manager_port={node.node_manager_port} " in cmd)
+        return kill_trees(
+            lambda cmd: "raylet/raylet " in cmd and f"--node_manager_port={node.node_manager_port} " in cmd
+        )
 
     def kill_head(self) -> int:
         """The head's GCS and raylet gone (and all below them): the cluster has lost its head."""
@@ -173,6 +180,7 @@ class RayCluster:
             if not kill_trees(lambda cmd: str(self.temp) in cmd):
                 break
             time.sleep(0.5)
+        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> None:

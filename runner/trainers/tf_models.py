@@ -18,16 +18,16 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ info/warning noise
 
-import math  # noqa: E402
-from pathlib import Path  # noqa: E402
+import math
+from pathlib import Path
 
-import h5py  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import h5py
+import keras
+import numpy as np
+import tensorflow as tf
 
-from runner.trainers.common import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from schemas import ModelSpec  # noqa: E402
+from runner.trainers.common import IMAGENET_MEAN, IMAGENET_STD
+from schemas import ModelSpec
 
 DEFAULT_WIDTH = 4096  # hidden classifier width of torchvision's alexnet and vgg16
 BACKBONE = "features"

@@ -11,26 +11,26 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads
 
-import json  # noqa: E402
-import math  # noqa: E402
-import platform  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+import json
+import math
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
 
-import h5py  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from keras import ops  # noqa: E402
+import h5py
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
 
-from runner.errors import UserError  # noqa: E402
-from runner.tbwriter import TBWriter  # noqa: E402
-from runner.trainers import tf_models  # noqa: E402
-from runner.trainers.common import (  # noqa: E402
+from runner.errors import UserError
+from runner.tbwriter import TBWriter
+from runner.trainers import tf_models
+from runner.trainers.common import (
     History,
     TrainContext,
     build_result,
@@ -39,8 +39,8 @@ from runner.trainers.common import (  # noqa: E402
     hparams,
     report_epoch,
 )
-from runner.weights import imagenet_source, weights_file  # noqa: E402
-from schemas import AugmentSpec, EpochRecord, JobSpec, OptimizerSpec, RunResult, TrainSpec  # noqa: E402
+from runner.weights import imagenet_source, weights_file
+from schemas import AugmentSpec, EpochRecord, JobSpec, OptimizerSpec, RunResult, TrainSpec
 
 # PyTorch's defaults for what the spec does not set, so both frameworks train alike.
 ADAM_BETA2, ADAM_EPS = 0.999, 1e-8  # torch.optim.Adam(W); Keras' epsilon is 1e-7
@@ -239,11 +239,11 @@ def cross_entropy(y, logits, smoothing: float):
 # --- weights -------------------------------------------------------------------------------------
 
 
-def load_initial_weights(model: keras.Model, spec: JobSpec, cache: Path, log) -> None:
-    """Load `spec.model.weights` (imagenet or a Keras weights file) into `model`, keeping its fresh head."""
+def initial_weights_path(spec: JobSpec, cache: Path) -> Path | None:
+    """The file `spec.model.weights` names, checked before any model is built; None for random weights."""
     path = weights_file(spec, cache)
     if path is None:
-        return
+        return None
     arch = spec.model.arch
     if path.suffix in (".pth", ".pt"):
         raise UserError(
@@ -262,6 +262,12 @@ def load_initial_weights(model: keras.Model, spec: JobSpec, cache: Path, log) ->
             f"weights file {path} does not exist. Fix: set model.weights to an existing .weights.h5, "
             ".keras or .h5 file (an absolute path, as the worker sees it), or to none or imagenet."
         )
+    return path
+
+
+def load_initial_weights(model: keras.Model, spec: JobSpec, path: Path, log) -> None:
+    """Load the weights file into `model`, keeping its fresh head where the file's does not fit."""
+    arch = spec.model.arch
     fix = (
         f"Fix: give the keras.applications {arch} notop .h5 file, or a .weights.h5/.keras file saved from a "
         f"gridrun tensorflow {arch} run, or use weights: none or imagenet."
@@ -342,21 +348,26 @@ class Run:
         self.bf16 = spec.train.mixed_precision and bf16_ok
         keras.mixed_precision.set_global_policy("mixed_bfloat16" if self.bf16 else "float32")
 
-        keras.utils.set_random_seed(spec.train.seed)
+        # A wrong weights file or optimizer fails here, before the model takes seconds to build.
+        weights = initial_weights_path(spec, ctx.cache)
         s = ctx.splits
+        n = len(s.train_y)
+        self.steps_per_epoch = max(1, n // spec.train.batch_size)
+        self.optimizer = make_optimizer(spec.train, self.steps_per_epoch)
+
+        keras.utils.set_random_seed(spec.train.seed)
         self.model = tf_models.build(spec.model, s.num_classes, spec.dataset.image_size, s.train_x.shape[1:3])
-        load_initial_weights(self.model, spec, ctx.cache, ctx.log)
+        if weights is not None:
+            load_initial_weights(self.model, spec, weights, ctx.log)
         if spec.model.freeze_backbone:
             tf_models.freeze_backbone(self.model)
         self.trainable, self.total = tf_models.parameter_counts(self.model)
+        self.caffe = tf_models.caffe_preprocessing(spec.model)
         self.variables = self.model.trainable_variables
 
-        n = len(s.train_y)
         # Full batches only, as in the torch trainer: the last partial one is dropped (a fresh one each
         # epoch), so every step has one shape and XLA compiles once.
         self.batch = min(spec.train.batch_size, n)
-        self.steps_per_epoch = max(1, n // spec.train.batch_size)
-        self.optimizer = make_optimizer(spec.train, self.steps_per_epoch)
         self.optimizer.build(self.variables)
         with tf.device("/CPU:0"):  # host memory: tf.data gathers batches there
             self.data = {
@@ -464,19 +475,29 @@ class Run:
         preds = np.concatenate([self._predict_step(x).numpy() for x in ds])
         return preds[:n]
 
+    def last_lr(self) -> float:
+        """The learning rate the epoch's last step trained with (the torch trainer reports the same)."""
+        return float(self.optimizer.schedule(max(0, int(self.optimizer.iterations.numpy()) - 1)))
+
     def accuracy(self, split: str, preds: np.ndarray) -> float:
         return float((preds == self.labels[split]).mean())
 
     def fit(self) -> RunResult:
         ctx, spec = self.ctx, self.spec
         start = self.resume()
+        if start == 1:
+            # Events of an abandoned attempt (killed in epoch 1, or another spec) would show
+            # twice in TensorBoard next to this run's.
+            for stale in ctx.paths.tb.glob("events.out.tfevents.*"):
+                stale.unlink()
         tb = TBWriter(ctx.paths.tb)
         if start == 1:
             tb.hparams(hparams(spec))
         ctx.log(
             f"tensorflow {tf.__version__} (keras {keras.__version__}) on {self.device} ({self.device_name}), "
             f"bf16 {'on' if self.bf16 else 'off'}, XLA {'on' if spec.train.compile else 'off'}, "
-            f"{self.trainable:,} trainable of {self.total:,} parameters, {self.steps_per_epoch} steps/epoch"
+            f"{self.trainable:,} trainable of {self.total:,} parameters, {self.steps_per_epoch} steps/epoch, "
+            f"input {'keras vgg16 preprocess_input (caffe)' if self.caffe else 'ImageNet mean/std'}"
         )
         test_preds = None
         for epoch in range(start, spec.train.epochs + 1):
@@ -494,15 +515,16 @@ class Run:
                 train_accuracy=acc,
                 val_accuracy=self.accuracy("val", val_preds),
                 test_accuracy=self.accuracy("test", test_preds),
-                lr=float(self.optimizer.schedule(self.optimizer.iterations)),
+                lr=self.last_lr(),
                 epoch_seconds=t2 - t0,
                 images_per_second=seen / (t1 - t0),
             )
             best = self.history.add(record)
-            # Checkpoint before reporting: once progress.json shows epoch k, last.weights.h5 holds epoch k.
+            # Checkpoint, then TensorBoard, then progress.json: once progress shows epoch k, the
+            # checkpoint and the event file hold epoch k too, so a kill after it loses nothing.
             self.save(epoch, best)
-            report_epoch(ctx, record)
             tb.epoch(record)
+            report_epoch(ctx, record)
         tb.close()
         if test_preds is None:  # every epoch was already done before this resume
             test_preds = self.predict("test")
