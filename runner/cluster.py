@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -113,7 +114,10 @@ def is_loopback(host: str) -> bool:
 
 def require_token(address: str, host: str, token: str | None, insecure: bool) -> None:
     """Refuse to send work unauthenticated to a cluster beyond this machine, unless --insecure."""
-    if token is not None or insecure or is_loopback(host):
+    if token is not None or is_loopback(host):
+        return
+    if insecure:
+        print(f"warning: --insecure: using the Ray cluster at {address} without a token", file=sys.stderr)
         return
     raise UserError(
         f"refusing to use the Ray cluster at {address} without a token: {INSECURE_RISK}. "

@@ -381,7 +381,15 @@ def fetch_folder(node_id: str, root: str, dest: Path, say: Callable[[str], None]
     state: State = {}
     remote = _remote_pull().options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
     while True:
-        out = ray.get(remote.remote(root, state, chunk_bytes(), ()))
+        try:
+            out = ray.get(remote.remote(root, state, chunk_bytes(), ()))
+        except ray.exceptions.RayError as e:
+            from runner.errors import UserError
+
+            raise UserError(
+                f"could not read {root} on node {node_id[:12]} ({type(e).__name__}): the node may be gone. "
+                f"{receiver.files} file(s) arrived in {dest}. Fix: fetch again once the node is back."
+            ) from None
         if out["missing"]:
             return None
         state = out["state"]

@@ -20,8 +20,8 @@ from conftest import REPO, gridrun
 from raycluster import RayCluster
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from runner import transfer
 from runner.results import SuitePaths
-from runner.transfer import PART
 from schemas import JobState
 
 TOKEN = "gridrun-test-token-" + "7" * 24
@@ -98,7 +98,7 @@ def node_of(log: Path) -> str:
 
 
 def no_leftovers(suite_dir: Path) -> None:
-    assert not list(suite_dir.rglob(f"*{PART}")), "a file that did not finish arriving was left"
+    assert not list(suite_dir.rglob(f"*{transfer.PART}")), "a file that did not finish arriving was left"
     assert not list(suite_dir.glob(".gridrun-marker-*")), "the run's marker file was left"
 
 
@@ -237,3 +237,51 @@ def test_losing_the_head_ends_the_run_with_one_clear_message(cluster, tmp_path: 
     summary = json.loads(jobs.summary.read_text())
     assert {j["job"]: j["state"] for j in summary["jobs"]} == {"quick": "succeeded", "slow": "failed"}
     no_leftovers(jobs.dir)
+
+
+def test_a_folder_travels_in_pieces_while_it_changes(tmp_path: Path) -> None:
+    """transfer.pull / Receiver on real files, without Ray: pieces smaller than the files, a log that grows, a
+    checkpoint replaced halfway through its transfer, temporary files of atomic writes, a driver-owned spec."""
+    src, dst = tmp_path / "node", tmp_path / "driver"
+    (src / "tb").mkdir(parents=True)
+    (src / "checkpoints").mkdir()
+    (src / "spec.json").write_text("{}")
+    (src / "log.txt").write_bytes(b"epoch 1\n")
+    (src / "tb" / "events.out.tfevents.1.host").write_bytes(os.urandom(3000))
+    (src / "checkpoints" / "last.pt").write_bytes(os.urandom(10_000))
+    (src / "checkpoints" / ".last.pt.x1.tmp").write_bytes(b"half a checkpoint")  # an atomic write in progress
+    receiver, state, order = transfer.Receiver(dst), {}, []
+
+    def pull_once() -> bool:
+        nonlocal state
+        out = transfer.pull(str(src), state, 4096)
+        assert sum(len(p["data"]) for p in out["pieces"]) <= 4096
+        order.extend(p["rel"] for p in out["pieces"])
+        state = out["state"]
+        for rel in receiver.apply(out["pieces"]):
+            state.pop(rel)
+        return out["complete"]
+
+    assert not pull_once()  # 13 kB do not fit in 4 kB
+    with (src / "log.txt").open("ab") as f:
+        f.write(b"epoch 2\n")
+    replaced = os.urandom(9_000)
+    (src / "checkpoints" / ".new").write_bytes(replaced)
+    os.replace(src / "checkpoints" / ".new", src / "checkpoints" / "last.pt")
+    (src / "result.json").write_text('{"done": true}')
+    while not pull_once():
+        pass
+    assert (dst / "checkpoints" / "last.pt").read_bytes() == replaced
+    assert (dst / "log.txt").read_bytes() == b"epoch 1\nepoch 2\n"
+    assert (dst / "tb" / "events.out.tfevents.1.host").read_bytes() == (
+        src / "tb" / "events.out.tfevents.1.host"
+    ).read_bytes()
+    assert order[-1] == "result.json", "result.json comes last"
+    assert not (dst / "spec.json").exists() and not list(dst.rglob(".*")), "no spec, no temporary or partial file"
+    with pytest.raises(ValueError, match="outside"):
+        receiver.apply([{"rel": "../escape", "append": False, "offset": 0, "total": 1, "data": b"x"}])
+
+    marker, token = transfer.write_marker(tmp_path, "run1")
+    assert transfer.shares_results(str(marker), token)
+    assert not transfer.shares_results(str(marker), "another run's token")
+    assert not transfer.shares_results(str(tmp_path / "elsewhere" / marker.name), token)

@@ -24,6 +24,8 @@ from runner.trainers.common import TAGS
 from runner.trainers.torch_trainer import Pipeline, make_optimizer, make_scheduler
 from schemas import ModelSpec, RunResult, TrainSpec
 
+pytestmark = pytest.mark.tensorflow
+
 # The TensorFlow side of every comparison below, run once in a subprocess:
 # python -c PROBE request.json arrays.npz out.npz
 PROBE = r"""

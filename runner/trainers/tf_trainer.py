@@ -125,11 +125,11 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
         return end + (start - end) / 2.0 * (tf.cos(math.pi * pct) + 1.0)
 
     def _onecycle_pct(self, step):
-        end1 = ONECYCLE["pct_start"] * self.total - 1.0
+        """(whether `step` is in the first phase, progress within its phase), as OneCycleLR computes them."""
+        end1 = ONECYCLE["pct_start"] * self.total - 1.0  # never 0 for a whole number of steps
         end2 = self.total - 1.0
         first = step <= end1
-        pct = tf.where(first, step / (end1 if end1 != 0 else 1.0), (step - end1) / (end2 - end1))
-        return first, pct
+        return first, tf.where(first, step / end1, (step - end1) / (end2 - end1))
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
@@ -290,7 +290,7 @@ def load_initial_weights(model: keras.Model, spec: JobSpec, path: Path, log) -> 
 
 
 def save_checkpoint(model: keras.Model, path: Path, meta: dict[str, Any], optimizer: keras.optimizers.Optimizer | None):
-    """Model weights (Keras' .weights.h5, loadable as model.weights), plus the optimizer's variables and
+    """Model weights (Keras' .weights.h5, for model.load_weights), plus the optimizer's variables and
     `meta`, written to a temp file, fsynced and renamed: a kill never leaves half a checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + CHECKPOINT_SUFFIX)
@@ -324,9 +324,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
 
 
 def epoch_randomness(n: int, side: tuple[int, int], augment: AugmentSpec, seed: int, epoch: int):
-    """Permutation, shifts (source pixels, x and y) and flips of one epoch, from a (seed, epoch) seed:
-    the torch trainer's draw (integers in [-pad, pad], pad = round(crop_padding * side), p=0.5 flips),
-    so a resumed run sees the same batches."""
+    """Permutation, shifts (source pixels, x and y) and flips of one epoch, from a (seed, epoch) seed, so
+    a resumed run sees the same batches. The torch trainer's law (integer shifts in [-pad, pad] with
+    pad = round(crop_padding * side), flips with p = 0.5), drawn with numpy: the same law, other numbers."""
     rng = np.random.default_rng(np.random.SeedSequence([seed % 2**32, epoch]))
     perm = rng.permutation(n)
     shift = np.zeros((n, 2), dtype=np.int32)

@@ -40,7 +40,9 @@ from schemas import EpochRecord, JobSpec, RunResult, TrainSpec
 def pick_device() -> torch.device:
     """cuda > mps > cpu."""
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        # An explicit index: set_per_process_memory_fraction refuses a bare "cuda". The executor
+        # makes the GPUs the scheduler assigned the only visible ones, so 0 is the first of them.
+        return torch.device("cuda", 0)
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
@@ -122,7 +124,8 @@ class Pipeline:
         return perm.to(device), shift.to(device), flip.to(device)
 
 
-def make_optimizer(params: list[nn.Parameter], train: TrainSpec) -> torch.optim.Optimizer:
+def make_optimizer(params: list[nn.Parameter], train: TrainSpec, fused: bool = False) -> torch.optim.Optimizer:
+    """SGD, Adam or AdamW; `fused` (CUDA only) updates all parameters in one kernel."""
     opt = train.optimizer
     if opt.name == "sgd":
         if opt.nesterov and opt.momentum == 0:
@@ -131,10 +134,10 @@ def make_optimizer(params: list[nn.Parameter], train: TrainSpec) -> torch.optim.
                 "Fix: set train.optimizer.momentum (e.g. 0.9), or nesterov: false."
             )
         return torch.optim.SGD(
-            params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay
+            params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay, fused=fused
         )
     cls = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
-    return cls(params, lr=opt.lr, weight_decay=opt.weight_decay)
+    return cls(params, lr=opt.lr, weight_decay=opt.weight_decay, fused=fused)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainSpec, steps_per_epoch: int):
@@ -220,7 +223,8 @@ class Run:
         # Full batches only (the last partial one is dropped): a batch of one breaks BatchNorm and
         # changing shapes would recompile; each epoch's permutation drops different images.
         self.steps_per_epoch = max(1, n // bs)
-        self.optimizer = make_optimizer([p for p in self.model.parameters() if p.requires_grad], spec.train)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(trainable, spec.train, fused=cuda)
         self.scheduler = make_scheduler(self.optimizer, spec.train, self.steps_per_epoch)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=spec.train.label_smoothing)
         self.history = History()
