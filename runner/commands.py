@@ -101,6 +101,7 @@ def _prepare_plan(
                 f"[yellow]SUBSTITUTE job {p.spec.name}: process executor stands in for docker ({p.executor.reason})[/]",
                 highlight=False,
             )
+    console.print(plan_table(plan, f"plan of {loaded.name}" + (f" (profile {chosen})" if chosen else "")))
     return loaded, chosen, plan
 
 
@@ -128,11 +129,9 @@ def plan(
 ) -> None:
     """Show what `run` would do: each job's resources, executor, and run or skip with why."""
     try:
-        loaded, chosen, planned = _prepare_plan(
+        _prepare_plan(
             suite, results, profile, executor, address, cache, gpus, cpus, force, download=False, insecure=insecure
         )
-        title = f"plan of {loaded.name}" + (f" (profile {chosen})" if chosen else "")
-        console.print(plan_table(planned, title))
     finally:
         ray_cluster.shutdown()
 
@@ -158,8 +157,6 @@ def run(
         loaded, chosen, planned = _prepare_plan(
             suite, results, profile, executor, address, cache, gpus, cpus, force, download=True, insecure=insecure
         )
-        title = f"plan of {loaded.name}" + (f" (profile {chosen})" if chosen else "")
-        console.print(plan_table(planned, title))
         if any(p.executor.name == "docker" for p in planned):
             from runner.executors.docker import cleanup_stale
 
