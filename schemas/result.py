@@ -22,8 +22,8 @@ class EpochRecord(Strict):
 class ClassAccuracy(Strict):
     """Test accuracy of one class."""
 
-    name: str
-    accuracy: float
+    name: str = Field(description="Class name.")
+    accuracy: float = Field(description="Share of this class's test images predicted right.")
     support: int = Field(description="Test images of this class.")
 
 
@@ -48,13 +48,13 @@ class Substitution(Strict):
 class Environment(Strict):
     """Where and with what the run executed."""
 
-    framework: str
-    framework_version: str
-    python_version: str
+    framework: str = Field(description="torch or tensorflow.")
+    framework_version: str = Field(description="Version of the framework.")
+    python_version: str = Field(description="Version of Python.")
     device: str = Field(description="cuda, mps or cpu.")
     device_name: str = Field(description="e.g. the GPU's product name.")
     mixed_precision: str = Field(description="bf16 or off.")
-    hostname: str
+    hostname: str = Field(description="Host (or container) name.")
     executor: str = Field("", description="process or docker.")
     image: str = Field("", description="Docker image, when run in one.")
     image_digest: str = Field("", description="Docker image id.")
@@ -64,25 +64,25 @@ class Environment(Strict):
 class RunResult(Strict):
     """What a finished run hands back."""
 
-    schema_version: int = 1
-    suite: str
-    job: str
-    spec_hash: str
+    schema_version: int = Field(1, description="Version of this file's layout.")
+    suite: str = Field(description="Suite name.")
+    job: str = Field(description="Job name.")
+    spec_hash: str = Field(description="Hash of the spec as run (see spec.json).")
     spec: JobSpec = Field(description="The spec as run, after any declared substitution.")
-    substitutions: list[Substitution] = Field(default_factory=list)
+    substitutions: list[Substitution] = Field(default_factory=list, description="Declared substitutes used.")
     dataset_sizes: dict[str, int] = Field(description="Images in train, val and test.")
-    class_names: list[str]
-    epochs: list[EpochRecord]
-    final_test_accuracy: float
-    final_val_accuracy: float
+    class_names: list[str] = Field(description="Class names, in label order.")
+    epochs: list[EpochRecord] = Field(description="Every epoch, in order.")
+    final_test_accuracy: float = Field(description="Test accuracy after the last epoch.")
+    final_val_accuracy: float = Field(description="Validation accuracy after the last epoch.")
     best_epoch: int = Field(description="Epoch with the best validation accuracy.")
-    best_val_accuracy: float
+    best_val_accuracy: float = Field(description="Validation accuracy at the best epoch.")
     best_test_accuracy: float = Field(description="Test accuracy at the best epoch.")
     per_class_accuracy: list[ClassAccuracy] = Field(description="Final model's test accuracy per class.")
     confusion_matrix: list[list[int]] = Field(description="Rows: true class; columns: predicted class.")
-    trainable_parameters: int
-    total_parameters: int
-    timing: Timing
+    trainable_parameters: int = Field(description="Parameters the optimizer updates.")
+    total_parameters: int = Field(description="All parameters of the model.")
+    timing: Timing = Field(description="Wall time, split.")
     images_per_second: float = Field(description="Mean training throughput over all epochs.")
     resumed_from_epoch: int | None = Field(None, description="First epoch run after resuming from a checkpoint.")
-    environment: Environment
+    environment: Environment = Field(description="Where and with what the run executed.")

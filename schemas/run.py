@@ -10,13 +10,13 @@ from schemas.result import Substitution
 class SpecFile(Strict):
     """What the driver hands the worker, and what a re-run compares against."""
 
-    suite: str
-    job: str
+    suite: str = Field(description="Suite name.")
+    job: str = Field(description="Job name.")
     spec_hash: str = Field(description="Hash of `spec`, the image and the code version.")
-    code_version: str
+    code_version: str = Field(description="gridrun version that planned the run.")
     profile: str | None = Field(None, description="Profile applied, if any.")
     declared: JobSpec = Field(description="The job as the suite declares it (after defaults and profile).")
     spec: JobSpec = Field(description="The job as it runs: declared, with any declared substitute applied.")
-    substitutions: list[Substitution] = Field(default_factory=list)
+    substitutions: list[Substitution] = Field(default_factory=list, description="Declared substitutes in use.")
     executor: str = Field("", description="Executor chosen for it: process or docker.")
     image: str = Field("", description="Docker image, when run in one.")

@@ -191,3 +191,16 @@ def test_validate_and_schema_commands() -> None:
     assert "epochs" in schema["$defs"]["TrainSpec"]["properties"]
     assert job["additionalProperties"] is False and "required" not in job
     assert all("description" in f for f in schema["$defs"]["TrainSpec"]["properties"].values())
+
+
+def test_every_schema_field_has_a_description() -> None:
+    import inspect
+
+    from pydantic import BaseModel
+
+    import schemas
+
+    for name, model in inspect.getmembers(schemas, inspect.isclass):
+        if issubclass(model, BaseModel):
+            missing = [f for f, info in model.model_fields.items() if not info.description]
+            assert not missing, f"{name}: {missing}"
