@@ -342,3 +342,25 @@ def test_images_command_lists_digests_and_the_ca_stays_out(client, torch_image: 
     history = " ".join(h.get("CreatedBy", "") for h in client.api.history(torch_image))
     assert "pip-ca" not in history and "/opt/venv" in history
     assert client.images.get(torch_image).labels[images.LABEL_VERSION] == images.__version__
+
+
+@pytest.mark.docker
+def test_smoke_suite_runs_in_containers_and_writes_the_same_files(torch_image, tf_image, tmp_path: Path) -> None:
+    """`gridrun run jobs/smoke.yaml --executor docker`: both frameworks in their images, the same results contract."""
+    from runner.results import SuitePaths
+    from tests.conftest import REPO
+
+    results = tmp_path / "results"
+    proc = gridrun("run", str(REPO / "jobs/smoke.yaml"), "--results", str(results), "--cache", str(tmp_path / "cache"),
+                   "--executor", "docker", "--no-report")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name, image in (("smoke-torch", torch_image), ("smoke-tf", tf_image)):
+        paths = SuitePaths.of(results, "smoke").job(name)
+        status, result = paths.read_status(), paths.read_result()
+        assert status.executor == "docker" and result is not None
+        env = result.environment
+        assert (env.executor, env.image) == ("docker", image) and env.image_digest.startswith("sha256:")
+        assert {"spec.json", "status.json", "result.json", "log.txt", "tb", "checkpoints"} <= {
+            p.name for p in paths.dir.iterdir()
+        }
+        assert [e.epoch for e in result.epochs] == [1, 2] and any(paths.tb.glob("events.out.tfevents.*"))
