@@ -223,8 +223,8 @@ class Run:
         # Full batches only (the last partial one is dropped): a batch of one breaks BatchNorm and
         # changing shapes would recompile; each epoch's permutation drops different images.
         self.steps_per_epoch = max(1, n // bs)
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(trainable, spec.train, fused=cuda)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(params, spec.train, fused=cuda)
         self.scheduler = make_scheduler(self.optimizer, spec.train, self.steps_per_epoch)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=spec.train.label_smoothing)
         self.history = History()
