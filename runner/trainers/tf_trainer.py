@@ -16,7 +16,6 @@ import math
 import platform
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ import tensorflow as tf
 from keras import ops
 
 from runner.errors import UserError
-from runner.tbwriter import TBWriter
+from runner.results import atomic_path
 from runner.trainers import tf_models
 from runner.trainers.common import (
     History,
@@ -36,9 +35,8 @@ from runner.trainers.common import (
     build_result,
     confusion_matrix,
     environment,
-    hparams,
-    report_epoch,
 )
+from runner.trainers.epochs import close_epoch, open_tensorboard
 from runner.weights import imagenet_source, weights_file
 from schemas import AugmentSpec, EpochRecord, JobSpec, OptimizerSpec, RunResult, TrainSpec
 
@@ -292,23 +290,14 @@ def load_initial_weights(model: keras.Model, spec: JobSpec, path: Path, log) -> 
 def save_checkpoint(model: keras.Model, path: Path, meta: dict[str, Any], optimizer: keras.optimizers.Optimizer | None):
     """Model weights (Keras' .weights.h5, for model.load_weights), plus the optimizer's variables and
     `meta`, written to a temp file, fsynced and renamed: a kill never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp" + CHECKPOINT_SUFFIX)
-    os.close(fd)
-    try:
-        model.save_weights(tmp)
+    with atomic_path(path, suffix=".tmp" + CHECKPOINT_SUFFIX) as tmp:
+        model.save_weights(str(tmp))
         with h5py.File(tmp, "a") as f:
             f.attrs[_META] = json.dumps(meta)
             if optimizer is not None:
                 group = f.create_group(_OPTIMIZER)
                 for i, v in enumerate(optimizer.variables):
                     group.create_dataset(str(i), data=np.asarray(v.numpy()))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
@@ -485,14 +474,7 @@ class Run:
     def fit(self) -> RunResult:
         ctx, spec = self.ctx, self.spec
         start = self.resume()
-        if start == 1:
-            # Events of an abandoned attempt (killed in epoch 1, or another spec) would show
-            # twice in TensorBoard next to this run's.
-            for stale in ctx.paths.tb.glob("events.out.tfevents.*"):
-                stale.unlink()
-        tb = TBWriter(ctx.paths.tb)
-        if start == 1:
-            tb.hparams(hparams(spec))
+        tb = open_tensorboard(ctx, start)
         ctx.log(
             f"tensorflow {tf.__version__} (keras {keras.__version__}) on {self.device} ({self.device_name}), "
             f"bf16 {'on' if self.bf16 else 'off'}, XLA {'on' if spec.train.compile else 'off'}, "
@@ -519,12 +501,7 @@ class Run:
                 epoch_seconds=t2 - t0,
                 images_per_second=seen / (t1 - t0),
             )
-            best = self.history.add(record)
-            # Checkpoint, then TensorBoard, then progress.json: once progress shows epoch k, the
-            # checkpoint and the event file hold epoch k too, so a kill after it loses nothing.
-            self.save(epoch, best)
-            tb.epoch(record)
-            report_epoch(ctx, record)
+            close_epoch(ctx, self.history, tb, record, self.save)
         tb.close()
         if test_preds is None:  # every epoch was already done before this resume
             test_preds = self.predict("test")

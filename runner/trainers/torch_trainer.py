@@ -6,9 +6,7 @@ tensor ops on the device. Imports neither Ray nor Docker.
 """
 
 import math
-import os
 import platform
-import tempfile
 import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -21,7 +19,7 @@ import torchvision
 from torch import nn
 
 from runner.errors import UserError
-from runner.tbwriter import TBWriter
+from runner.results import atomic_path
 from runner.trainers import torch_models
 from runner.trainers.common import (
     IMAGENET_MEAN,
@@ -31,9 +29,8 @@ from runner.trainers.common import (
     build_result,
     confusion_matrix,
     environment,
-    hparams,
-    report_epoch,
 )
+from runner.trainers.epochs import close_epoch, open_tensorboard
 from schemas import EpochRecord, JobSpec, RunResult, TrainSpec
 
 
@@ -163,18 +160,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainSpec, steps_per
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save into a temp file beside `path`, fsync, rename: a kill never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save, atomically: a kill never leaves half a checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _sync(device: torch.device) -> None:
@@ -326,14 +314,7 @@ class Run:
     def fit(self) -> RunResult:
         ctx, spec = self.ctx, self.spec
         start = self.resume()
-        if start == 1:
-            # Events of an abandoned attempt (killed in epoch 1, or another spec) would show
-            # twice in TensorBoard next to this run's.
-            for stale in ctx.paths.tb.glob("events.out.tfevents.*"):
-                stale.unlink()
-        tb = TBWriter(ctx.paths.tb)
-        if start == 1:
-            tb.hparams(hparams(spec))
+        tb = open_tensorboard(ctx, start)
         ctx.log(
             f"torch {torch.__version__} on {self.device.type} ({device_name(self.device)}), "
             f"bf16 {'on' if self.bf16 else 'off'}, {self.trainable:,} trainable of {self.total:,} parameters, "
@@ -361,11 +342,7 @@ class Run:
                 epoch_seconds=t2 - t0,
                 images_per_second=seen / (t1 - t0),
             )
-            best = self.history.add(record)
-            # Checkpoint before reporting: once progress.json shows epoch k, last.pt holds epoch k.
-            self.save(epoch, best)
-            report_epoch(ctx, record)
-            tb.epoch(record)
+            close_epoch(ctx, self.history, tb, record, self.save)
         tb.close()
         if test_preds is None:  # every epoch was already done before this resume
             test_preds = self.predict("test")
