@@ -100,3 +100,24 @@ def start_worker(paths: JobPaths, cache: Path, log: Path) -> subprocess.Popen:
         return subprocess.Popen(
             worker_command(paths, cache), cwd=REPO, env=worker_env(), stdout=out, stderr=subprocess.STDOUT
         )
+
+
+def kill_after_first_epoch(paths: JobPaths, cache: Path, log: Path, timeout: float = 240) -> None:
+    """Start the worker and SIGKILL it as soon as progress.json shows an epoch (an interrupted run)."""
+    import json
+    import signal
+    import time
+
+    proc = start_worker(paths, cache, log)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            progress = json.loads(paths.progress.read_text()) if paths.progress.is_file() else {}
+            if progress.get("epoch", 0) >= 1:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, log.read_text()

@@ -1,15 +1,13 @@
 """The PyTorch trainer, run for real: `python -m runner.worker` on job folders built by jobhelp."""
 
 import json
-import os
-import signal
 import time
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
-from jobhelp import job_spec, make_job, run_worker, spec_file, start_worker
+from jobhelp import job_spec, kill_after_first_epoch, make_job, run_worker, spec_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -186,19 +184,7 @@ def test_kill_and_resume_records_every_epoch(tmp_path: Path) -> None:
     epochs = 4
     # A narrow classifier keeps each epoch short; the kill lands between epochs 1 and 4 all the same.
     paths = make_job(tmp_path, model={"classifier_width": 256}, dataset={"limit": 160}, train={"epochs": epochs})
-    proc = start_worker(paths, tmp_path / "cache", tmp_path / "first.log")
-    deadline = time.monotonic() + 240
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            progress = json.loads(paths.progress.read_text()) if paths.progress.is_file() else {}
-            if progress.get("epoch", 0) >= 1:
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.02)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()
+    kill_after_first_epoch(paths, tmp_path / "cache", tmp_path / "first.log")
     k = torch.load(paths.checkpoint("last", ".pt"), weights_only=True)["epoch"]
     assert 1 <= k < epochs
     assert not paths.result.exists()
