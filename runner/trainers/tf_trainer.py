@@ -16,7 +16,6 @@ import math
 import platform
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +35,9 @@ from runner.trainers.common import (
     confusion_matrix,
     environment,
 )
-from runner.trainers.epochs import close_epoch, open_tensorboard
+from runner.trainers.epochs import run_epochs
 from runner.weights import imagenet_source, weights_file
-from schemas import AugmentSpec, EpochRecord, JobSpec, OptimizerSpec, RunResult, TrainSpec
+from schemas import AugmentSpec, JobSpec, OptimizerSpec, RunResult, TrainSpec
 
 # PyTorch's defaults for what the spec does not set, so both frameworks train alike.
 ADAM_BETA2, ADAM_EPS = 0.999, 1e-8  # torch.optim.Adam(W); Keras' epsilon is 1e-7
@@ -441,14 +440,15 @@ class Run:
         )
         return ds.prefetch(tf.data.AUTOTUNE)
 
-    def train_epoch(self, epoch: int) -> tuple[float, float, int]:
-        """One pass over the training set: (mean loss, accuracy, images)."""
+    def train_epoch(self, epoch: int) -> tuple[float, float, int, float]:
+        """One pass over the training set: (mean loss, accuracy, images, last step's lr). Reading the
+        sums at the end waits for the device."""
         self.loss_sum.assign(0.0)
         self.correct.assign(0)
         for x, shift, flip, y in self.train_batches(epoch):
             self._train_step(x, shift, flip, y)
         seen = self.steps_per_epoch * self.batch
-        return float(self.loss_sum.numpy()) / seen, int(self.correct.numpy()) / seen, seen
+        return float(self.loss_sum.numpy()) / seen, int(self.correct.numpy()) / seen, seen, self.last_lr()
 
     def predict(self, split: str) -> np.ndarray:
         """Predicted classes of a whole split. Every batch is padded to one size (one compilation)."""
@@ -468,43 +468,16 @@ class Run:
         """The learning rate the epoch's last step trained with (the torch trainer reports the same)."""
         return float(self.optimizer.schedule(max(0, int(self.optimizer.iterations.numpy()) - 1)))
 
-    def accuracy(self, split: str, preds: np.ndarray) -> float:
-        return float((preds == self.labels[split]).mean())
-
     def fit(self) -> RunResult:
         ctx, spec = self.ctx, self.spec
         start = self.resume()
-        tb = open_tensorboard(ctx, start)
         ctx.log(
             f"tensorflow {tf.__version__} (keras {keras.__version__}) on {self.device} ({self.device_name}), "
             f"bf16 {'on' if self.bf16 else 'off'}, XLA {'on' if spec.train.compile else 'off'}, "
             f"{self.trainable:,} trainable of {self.total:,} parameters, {self.steps_per_epoch} steps/epoch, "
             f"input {'keras vgg16 preprocess_input (caffe)' if self.caffe else 'ImageNet mean/std'}"
         )
-        test_preds = None
-        for epoch in range(start, spec.train.epochs + 1):
-            t0 = time.perf_counter()
-            loss, acc, seen = self.train_epoch(epoch)  # ends by reading the sums: the device is done
-            t1 = time.perf_counter()
-            val_preds = self.predict("val")
-            test_preds = self.predict("test")
-            t2 = time.perf_counter()
-            self.history.train_seconds += t1 - t0
-            self.history.eval_seconds += t2 - t1
-            record = EpochRecord(
-                epoch=epoch,
-                train_loss=loss,
-                train_accuracy=acc,
-                val_accuracy=self.accuracy("val", val_preds),
-                test_accuracy=self.accuracy("test", test_preds),
-                lr=self.last_lr(),
-                epoch_seconds=t2 - t0,
-                images_per_second=seen / (t1 - t0),
-            )
-            close_epoch(ctx, self.history, tb, record, self.save)
-        tb.close()
-        if test_preds is None:  # every epoch was already done before this resume
-            test_preds = self.predict("test")
+        test_preds = run_epochs(ctx, self.history, start, self.train_epoch, self.predict, self.save)
         cm = confusion_matrix(self.labels["test"], test_preds, ctx.splits.num_classes)
         env = environment(
             "tensorflow", tf.__version__, self.device, self.device_name, self.bf16, {"keras": keras.__version__}

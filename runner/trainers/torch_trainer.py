@@ -7,7 +7,6 @@ tensor ops on the device. Imports neither Ray nor Docker.
 
 import math
 import platform
-import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,8 @@ from runner.trainers.common import (
     confusion_matrix,
     environment,
 )
-from runner.trainers.epochs import close_epoch, open_tensorboard
-from schemas import EpochRecord, JobSpec, RunResult, TrainSpec
+from runner.trainers.epochs import run_epochs
+from schemas import JobSpec, RunResult, TrainSpec
 
 
 def pick_device() -> torch.device:
@@ -165,12 +164,6 @@ def save_atomic(obj: Any, path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _sync(device: torch.device) -> None:
-    """Wait for queued device work, so wall-clock times measure it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 class Run:
     """One training run's state: model, data on the device, optimizer, schedule and history."""
 
@@ -294,6 +287,7 @@ class Run:
             loss_sum += loss.detach().float() * len(idx)
             correct += (out.argmax(1) == y).sum()
             seen += len(idx)
+        # .item() waits for the device, so the epoch's wall time covers its work.
         return loss_sum.item() / seen, correct.item() / seen, seen, lr
 
     @torch.inference_mode()
@@ -308,45 +302,16 @@ class Run:
                 preds.append(self.net(self.pipeline.eval_batch(x_all[i : i + bs])).argmax(1))
         return torch.cat(preds).cpu().numpy()
 
-    def accuracy(self, split: str, preds: np.ndarray) -> float:
-        return float((preds == self.data[split][1].cpu().numpy()).mean())
-
     def fit(self) -> RunResult:
-        ctx, spec = self.ctx, self.spec
+        ctx = self.ctx
         start = self.resume()
-        tb = open_tensorboard(ctx, start)
         ctx.log(
             f"torch {torch.__version__} on {self.device.type} ({device_name(self.device)}), "
             f"bf16 {'on' if self.bf16 else 'off'}, {self.trainable:,} trainable of {self.total:,} parameters, "
             f"{self.steps_per_epoch} steps/epoch"
         )
-        test_preds = None
-        for epoch in range(start, spec.train.epochs + 1):
-            _sync(self.device)
-            t0 = time.perf_counter()
-            loss, acc, seen, lr = self.train_epoch(epoch)
-            _sync(self.device)
-            t1 = time.perf_counter()
-            val_preds = self.predict("val")
-            test_preds = self.predict("test")
-            t2 = time.perf_counter()
-            self.history.train_seconds += t1 - t0
-            self.history.eval_seconds += t2 - t1
-            record = EpochRecord(
-                epoch=epoch,
-                train_loss=loss,
-                train_accuracy=acc,
-                val_accuracy=self.accuracy("val", val_preds),
-                test_accuracy=self.accuracy("test", test_preds),
-                lr=lr,
-                epoch_seconds=t2 - t0,
-                images_per_second=seen / (t1 - t0),
-            )
-            close_epoch(ctx, self.history, tb, record, self.save)
-        tb.close()
-        if test_preds is None:  # every epoch was already done before this resume
-            test_preds = self.predict("test")
-        cm = confusion_matrix(self.data["test"][1].cpu().numpy(), test_preds, ctx.splits.num_classes)
+        test_preds = run_epochs(ctx, self.history, start, self.train_epoch, self.predict, self.save)
+        cm = confusion_matrix(ctx.splits.test_y, test_preds, ctx.splits.num_classes)
         env = environment(
             "torch",
             torch.__version__,
