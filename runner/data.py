@@ -47,11 +47,19 @@ def cifar10_root(spec: DatasetSpec, cache: Path) -> Path:
     return Path(cache) / "datasets" / "cifar10"
 
 
+def input_files(spec: DatasetSpec, cache: Path) -> list[Path]:
+    """The files the dataset is read from: CIFAR-10's batches (none for digits and synthetic, which are
+    made in memory; an imagefolder is a tree under its own path)."""
+    if spec.name == "cifar10":
+        folder = cifar10_root(spec, cache) / CIFAR10_FOLDER
+        return [folder / f for f in CIFAR10_FILES]
+    return []
+
+
 def missing_files(spec: DatasetSpec, cache: Path) -> list[Path]:
     """Files the dataset needs that are not there (empty when it can be loaded offline)."""
     if spec.name == "cifar10":
-        folder = cifar10_root(spec, cache) / CIFAR10_FOLDER
-        return [folder / f for f in CIFAR10_FILES if not (folder / f).is_file()]
+        return [p for p in input_files(spec, cache) if not p.is_file()]
     if spec.name == "imagefolder":
         root = Path(spec.path or "").expanduser()
         return [] if root.is_dir() else [root]

@@ -18,7 +18,7 @@ from typing import Any
 
 import ray
 
-from runner import __version__, executors, transfer
+from runner import __version__, executors, inputs, transfer
 from runner import cluster as ray_cluster
 from runner.errors import UserError
 from runner.executors import Launch
@@ -67,6 +67,8 @@ class Request:
     status_json: str  # status.json as queued
     seed: list[tuple[str, list[Any]]] = field(default_factory=list)  # (path, chunk refs) the driver holds
     board: Any = None  # actor handle: where a job that runs in a node folder says so
+    inputs: list[tuple[str, int]] = field(default_factory=list)  # (path in the cache, size) the job reads
+    sent_inputs: list[tuple[str, list[Any]]] = field(default_factory=list)  # those the node asked for
 
 
 def _execute(req: Request) -> dict:
@@ -74,6 +76,15 @@ def _execute(req: Request) -> dict:
     ctx = ray.get_runtime_context()
     gpu_ids = [str(i) for i in ctx.get_accelerator_ids().get("GPU", [])]
     node_id = ctx.get_node_id()
+    cache = Path(req.cache)
+    if req.inputs:  # only from a driver of a remote cluster: its cache may not be on this node
+        wanted = [inputs.Input(rel, size) for rel, size in req.inputs]
+        if inputs.missing(cache, wanted):
+            cache = inputs.node_cache()
+            inputs.receive(cache, req.sent_inputs, ray.get)
+            lacking = inputs.missing(cache, wanted)
+            if lacking:  # before anything is written: the driver sends them and starts the job again
+                return {"needs_inputs": [(i.rel, i.size) for i in lacking], "node_id": node_id}
     spec_file = SpecFile.model_validate_json(req.spec_json)
     local_dir, state = "", {}
     if transfer.shares_results(req.marker, req.marker_token):
@@ -97,7 +108,7 @@ def _execute(req: Request) -> dict:
         started_at=now(),
     )
     write_json(paths.status, status)
-    outcome = executors.get(req.executor).run(Launch(paths, Path(req.cache), spec_file, req.run_id, gpu_ids))
+    outcome = executors.get(req.executor).run(Launch(paths, cache, spec_file, req.run_id, gpu_ids))
     return {
         "exit_code": outcome.exit_code,
         "reason": outcome.reason,
@@ -135,6 +146,7 @@ class Running:
     tries_left: int
     attempt: int
     outcome: dict | None = None  # how the task ended, once it has
+    sent_inputs: list[tuple[str, list[Any]]] = field(default_factory=list)
     mirror: transfer.Mirror | None = None  # the job's node folder, when it runs in one
 
 
@@ -172,6 +184,7 @@ class Driver:
         self._board: Any = None
         self._marker: Path | None = None
         self._token = ""
+        self._sent: dict[str, list[Any]] = {}  # input path in the cache -> its pieces in the object store
 
     @property
     def _remote(self) -> bool:
@@ -246,7 +259,7 @@ class Driver:
             ),
         )
 
-    def _submit(self, job: PlannedJob, tries_left: int) -> Running:
+    def _submit(self, job: PlannedJob, tries_left: int, sent_inputs: list | None = None) -> Running:
         previous = job.paths.read_status()
         queued = RunStatus(
             state=JobState.QUEUED,
@@ -272,6 +285,8 @@ class Driver:
             status_json=queued.model_dump_json(),
             seed=seed,
             board=self._board,
+            inputs=[(i.rel, i.size) for i in inputs.of_job(job.spec, self.cache)] if self._remote else [],
+            sent_inputs=sent_inputs or [],
         )
         res = job.spec.resources
         options: dict[str, Any] = {"num_cpus": res.cpus, "num_gpus": res.gpus}
@@ -282,7 +297,7 @@ class Driver:
         if res.labels:
             options["label_selector"] = dict(res.labels)
         ref = _remote_execute.options(**options).remote(request)
-        return Running(job, ref, tries_left, attempt)
+        return Running(job, ref, tries_left, attempt, sent_inputs=sent_inputs or [])
 
     def _wait(self, running: list[Running], finals: dict[str, RunStatus]) -> None:
         last_board = last_check = time.monotonic()
@@ -363,6 +378,8 @@ class Driver:
         if outcome.get("cancelled"):
             finals[job.spec.name] = self._finish(job, JobState.CANCELLED, reason="cancelled")
             return None
+        if outcome.get("needs_inputs"):
+            return self._send_inputs(item, finals)
         code, reason = outcome.get("exit_code"), outcome.get("reason", "")
         if item.mirror is not None and item.mirror.lost and code == 0:
             code, reason = None, f"its folder did not come back from its node: {item.mirror.lost}"
@@ -380,6 +397,29 @@ class Driver:
         finals[job.spec.name] = self._finish(job, JobState.FAILED, exit_code=code, reason=full)
         self.view.event(job.spec.name, f"failed: {full}")
         return None
+
+    def _send_inputs(self, item: Running, finals: dict[str, RunStatus]) -> Running | None:
+        """The job's node lacks some of its inputs: send them (each once per run) and start it again there
+        or elsewhere. Not a retry: nothing ran."""
+        job, outcome = item.job, item.outcome or {}
+        needs = [inputs.Input(rel, size) for rel, size in outcome["needs_inputs"]]
+        node = str(outcome.get("node_id", ""))[:12]
+        if item.sent_inputs and {rel for rel, _ in item.sent_inputs} >= {i.rel for i in needs}:
+            reason = f"node {node} still lacks {needs[0].rel} after it was sent there (a full disk on the node?)"
+            finals[job.spec.name] = self._finish(job, JobState.FAILED, reason=reason)
+            self.view.event(job.spec.name, f"failed: {reason}")
+            return None
+        new = [i for i in needs if i.rel not in self._sent]
+        size = sum(i.size for i in needs) / 2**20
+        self.view.event(
+            job.spec.name,
+            f"node {node} lacks {len(needs)} input file(s) of the cache ({size:.1f} MiB); sending them through Ray"
+            + ("" if new else " (already in its object store)"),
+        )
+        for rel, refs in inputs.send(self.cache, new, transfer.chunk_bytes(), ray.put):
+            self._sent[rel] = refs
+        sent = [(i.rel, self._sent[i.rel]) for i in needs]
+        return self._submit(job, item.tries_left, sent)
 
     def _finish(
         self, job: PlannedJob, state: JobState, exit_code: int | None = None, reason: str = "", keep_times: bool = False

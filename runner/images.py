@@ -214,6 +214,7 @@ def build(
     if ca is not None and not ca.is_file():
         raise UserError(f"CA bundle {ca} does not exist. Fix: name the file pip should trust, or leave it out")
     say(f"building {name} on {base}" + (f" (pip trusts {ca} during the build)" if ca else ""))
+    previous = _image_id(client, name)
     start = time.perf_counter()
     stream = client.api.build(
         fileobj=_context(framework, ca),
@@ -238,7 +239,32 @@ def build(
             say(text)
     seconds = time.perf_counter() - start
     image = client.images.get(name)
+    if previous and previous != image.id:
+        _remove_untagged(client, previous, say)
     return Built(name, image.id, int(image.attrs.get("Size", 0)), seconds, base)
+
+
+def _image_id(client: Any, name: str) -> str | None:
+    import docker
+
+    try:
+        return client.images.get(name).id
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def _remove_untagged(client: Any, image_id: str, say: Callable[[str], None]) -> None:
+    """Remove the image a rebuild took the tag from, so rebuilds do not pile up gigabytes of
+    untagged images; kept when it still has another tag or a container uses it."""
+    import docker
+
+    try:
+        if client.images.get(image_id).tags:
+            return
+        client.images.remove(image_id)
+        say(f"removed the previous build {image_id[:19]}")
+    except docker.errors.APIError as e:
+        say(f"kept the previous build {image_id[:19]}: {e.explanation or e}")
 
 
 @dataclass(frozen=True)

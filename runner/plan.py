@@ -111,7 +111,7 @@ def make_plan(
             "Fix: lower resources.gpus / resources.cpus, change resources.custom / resources.labels, pick a profile "
             "that fits (--profile cpu), or attach a larger cluster with --address."
         )
-    choices = [choose(executor or s.executor, s) for s in specs]
+    choices = [choose(executor or s.executor, s, build=download, say=say) for s in specs]
     preparer = Preparer(cache, download=download, say=say)
     suite_paths = SuitePaths.of(results, loaded.name)
     plan = []

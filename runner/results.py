@@ -3,8 +3,10 @@
 Only this module joins paths under a job folder.
 """
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,16 +16,49 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from runner.errors import UserError
 from schemas import RunResult, RunStatus, SpecFile
 
 M = TypeVar("M", bound=BaseModel)
 
+# Below this much free space a failed write is taken for a full disk: libraries that write through
+# C++ streams (torch.save) report it as a RuntimeError without errno.
+NEARLY_FULL_BYTES = 64 * 2**20
+
+
+class DiskFullError(UserError):
+    """A write failed because the disk under the results folder is full."""
+
+
+def _full_disk_error(folder: Path, free: int, needed: int = 0) -> DiskFullError:
+    need = f", about {needed / 2**20:.0f} MiB needed" if needed else ""
+    return DiskFullError(
+        f"no space left on the disk of {folder} ({free / 2**20:.0f} MiB free{need}) while writing there. "
+        "Fix: free space on that disk, or give gridrun run --results a folder on a bigger disk, "
+        "then run the suite again: finished jobs are kept and this one resumes from its last checkpoint."
+    )
+
+
+def _disk_full(error: BaseException, folder: Path) -> DiskFullError | None:
+    """A clear error when `error` came from a full disk (checked before the partial file is removed)."""
+    free = shutil.disk_usage(folder).free
+    if not (isinstance(error, OSError) and error.errno == errno.ENOSPC) and free >= NEARLY_FULL_BYTES:
+        return None
+    return _full_disk_error(folder, free)
+
 
 @contextmanager
-def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+def atomic_path(path: Path, suffix: str = ".tmp", size_hint: int = 0) -> Iterator[Path]:
     """A temp file beside `path` to write into; once written it is fsynced and renamed over `path`,
-    so a reader (or a resumed run) never sees half a file. On failure the temp file is removed."""
+    so a reader (or a resumed run) never sees half a file. On failure the temp file is removed,
+    and a full disk becomes a DiskFullError that says so. With `size_hint` (bytes about to be written)
+    that error comes before anything is written: some writers (h5py) crash the process at exit after
+    a failed write."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if size_hint:
+        free = shutil.disk_usage(path.parent).free
+        if free < size_hint + NEARLY_FULL_BYTES:
+            raise _full_disk_error(path.parent, free, size_hint)
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     tmp = Path(name)
@@ -32,6 +67,12 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as e:
+        full = _disk_full(e, path.parent)
+        tmp.unlink(missing_ok=True)
+        if full is not None:
+            raise full from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -87,6 +87,7 @@ class RayCluster:
     client_port: int = 0
     head: RayNode | None = None
     workers: list[RayNode] = field(default_factory=list)
+    hidden: Path | None = None  # a folder the worker nodes do not see, when they could be given one
 
     def __post_init__(self) -> None:
         self.temp = Path(tempfile.mkdtemp(prefix="grray-", dir="/tmp"))
@@ -133,6 +134,11 @@ class RayCluster:
             cmd += ["--labels", labels]
         return cmd, nm
 
+    def can_hide(self) -> bool:
+        """Whether worker nodes can get a mount namespace of their own here (root and unshare)."""
+        probe = subprocess.run(["unshare", "--mount", "true"], capture_output=True, check=False)
+        return os.geteuid() == 0 and probe.returncode == 0
+
     def start_head(self, cpus: float = 1, gpus: int = 0, env: dict | None = None) -> None:
         cmd, nm = self._command(cpus, gpus, None, None)
         self.gcs_port, self.dashboard_port, self.client_port = free_port(), free_port(), free_port()
@@ -143,7 +149,8 @@ class RayCluster:
         self.head = RayNode(nm, env or {})
 
     def start_workers(self, specs: list[dict]) -> list[RayNode]:
-        """Start worker nodes one after the other; each spec: cpus, gpus, resources (JSON), labels, env."""
+        """Start worker nodes one after the other; each spec: cpus, gpus, resources (JSON), labels, env, and
+        hide: a folder the node must not see (a node of another machine, without that disk)."""
         nodes = []
         for spec in specs:
             for tries_left in (1, 0):  # on a loaded machine `ray start` can time out waiting for the GCS
@@ -151,6 +158,9 @@ class RayCluster:
                     spec.get("cpus", 1), spec.get("gpus", 0), spec.get("resources"), spec.get("labels")
                 )
                 cmd += ["--address", self.address]
+                if spec.get("hide"):  # the node's own mount namespace, an empty tmpfs over this folder
+                    cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                           'mount -t tmpfs gridrun-test "$0" && exec "$@"', str(spec["hide"]), *cmd]  # fmt: skip
                 node = RayNode(nm, spec.get("env", {}))
                 proc = subprocess.run(
                     cmd, env={**self.base_env(), **node.env}, capture_output=True, text=True, timeout=180

@@ -22,7 +22,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from runner import transfer
 from runner.results import SuitePaths
-from schemas import JobState
+from runner.trainers import torch_models
+from runner.weights import imagenet_path
+from schemas import JobState, ModelSpec
 
 TOKEN = "gridrun-test-token-" + "7" * 24
 SUITE = """\
@@ -43,10 +45,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     ray = RayCluster(root, token=TOKEN)
     try:
         ray.start_head(cpus=0, gpus=0)
+        if ray.can_hide():  # the driver's cache of test_inputs_reach_nodes_that_do_not_see_the_cache
+            ray.hidden = root / "driver-cache"
+            ray.hidden.mkdir()
         ray.start_workers(
             [
                 {"cpus": 1, "gpus": 1, "labels": f"zone={zone}", "resources": '{"fast": 1}' if zone == "b" else None}
                 | {"env": {"GRIDRUN_SHARED_RESULTS": "0", "GRIDRUN_NODE_DIR": str(root / f"node-{zone}")}}
+                | {"hide": ray.hidden}
                 for zone in ("a", "b")
             ]
         )
@@ -163,6 +169,69 @@ def test_every_job_folder_comes_back_from_nodes_that_share_no_disk(cluster, tmp_
     for zone in ("a", "b"):  # each node's working folders were removed once their files were here
         node_dir = cluster.root / f"node-{zone}"
         assert not node_dir.exists() or not any(node_dir.rglob("*.pt")), list(node_dir.rglob("*"))
+
+
+def write_cifar10(folder: Path, per_batch: int = 40) -> None:
+    """A small CIFAR-10 in the standard pickle layout (cifar-10-batches-py/), seeded noise."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {
+            b"data": rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8),
+            b"labels": [int(v) for v in rng.integers(0, 10, size=per_batch)],
+        }
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}))
+
+
+def test_inputs_reach_nodes_that_do_not_see_the_cache(cluster, tmp_path: Path) -> None:
+    """Each worker node has its own empty tmpfs over the driver's cache folder (a mount namespace of its
+    own): the dataset and the weights file in the cache travel through Ray, once per run, and both jobs
+    train on them."""
+    if not cluster.hidden:
+        pytest.skip("worker nodes could not get a private mount namespace here (needs root and unshare)")
+    cache = cluster.hidden  # never removed: removing a mount point here would unmount it in the nodes
+    write_cifar10(cache / "datasets" / "cifar10" / "cifar-10-batches-py")
+    model = torch_models.build(ModelSpec(arch="alexnet", classifier_width=32), 10)
+    weights = imagenet_path("torch", "alexnet", cache)  # a stand-in: the real file is 233 MiB
+    weights.parent.mkdir(parents=True)
+    torch.save(model.state_dict(), weights)
+    suite = write_suite(
+        tmp_path,
+        "inputs",
+        1,
+        "  - {name: on-a, framework: torch, resources: {labels: {zone: a}}}\n"
+        "  - {name: on-b, framework: torch, resources: {custom: {fast: 1}},\n"
+        "      model: {weights: imagenet}}",
+    ).read_text()
+    suite_path = tmp_path / "inputs.yaml"
+    suite_path.write_text(suite.replace("name: synthetic", "name: cifar10"))
+    results = tmp_path / "results"
+    proc = gridrun(
+        "run", str(suite_path), "--address", cluster.address, "--results", str(results), "--executor", "process",
+        "--cache", str(cache), "--no-report", env=env_of(cluster), timeout=400,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    sending = [ln for ln in proc.stdout.splitlines() if "input file(s) of the cache (" in ln]
+    assert len(sending) == 2, proc.stdout  # one per job; the dataset's bytes travel only with the first
+    assert sum("(already in its object store)" in ln for ln in sending) <= 1
+    suite_dir = SuitePaths.of(results, "inputs")
+    for name, zone in (("on-a", "a"), ("on-b", "b")):
+        paths = suite_dir.job(name)
+        assert node_of(paths.log) == zone
+        result = paths.read_result()
+        assert result is not None and result.dataset_sizes == {"train": 180, "val": 20, "test": 40}, result
+        node_cache = cluster.root / f"node-{zone}" / "cache"
+        assert (node_cache / "datasets/cifar10/cifar-10-batches-py/data_batch_5").stat().st_size == (
+            cache / "datasets/cifar10/cifar-10-batches-py/data_batch_5"
+        ).stat().st_size
+    in_cache = weights.relative_to(cache)
+    assert (cluster.root / "node-b" / "cache" / in_cache).stat().st_size == weights.stat().st_size
+    assert not (cluster.root / "node-a" / "cache" / in_cache).exists(), "on-a does not read the weights"
 
 
 def test_a_killed_worker_node_is_retried_elsewhere_and_resumes(cluster, tmp_path: Path) -> None:

@@ -323,14 +323,41 @@ def test_probe_and_missing_images(client, torch_image: str, tmp_path: Path, monk
     outcome = DockerExecutor().run(launch_of(paths, tmp_path / "cache"))
     assert outcome.exit_code == 2 and "neither on this machine nor pullable" in outcome.reason
     assert ensure_image(job_spec("torch", image=torch_image)) == client.images.get(torch_image).id
-    # A framework image that is not built (its Dockerfile changed): auto falls back to process and says why.
+    # A framework image that is not built (its Dockerfile changed): the plan says `run` builds it.
     monkeypatch.setattr(images, "tag", lambda framework: f"gridrun-{framework}:0.0.0-notbuilt")
-    assert probe(job_spec("torch")) == (False, "image gridrun-torch:0.0.0-notbuilt not built (run `make images`)")
-    choice = choose("auto", job_spec("torch"))
-    assert (choice.name, choice.reason) == (
-        "process",
-        "image gridrun-torch:0.0.0-notbuilt not built (run `make images`)",
-    )
+    planned = "image gridrun-torch:0.0.0-notbuilt is not built; `run` builds it first"
+    assert probe(job_spec("torch")) == (True, planned)
+    assert (choose("auto", job_spec("torch")).name, choose("auto", job_spec("torch")).reason) == ("docker", planned)
+
+
+@pytest.mark.docker
+def test_run_rebuilds_an_image_built_from_other_code(client, torch_image: str) -> None:
+    """An image whose code is out of date is rebuilt before the run (the code layer; here every layer is
+    cached), the out-of-date build is removed, and the job runs in docker, not in the host's Python."""
+    import io
+
+    current = client.images.get(torch_image).id
+    stale_file = f"FROM {torch_image}\nLABEL {images.LABEL_SOURCE}=0000000000000000\n".encode()
+    stale = client.images.build(fileobj=io.BytesIO(stale_file), tag=torch_image, rm=True)[0].id
+    try:
+        assert images.state_of(client.images.get(torch_image), torch_image) == "stale"
+        assert choose("auto", job_spec("torch")).reason.endswith(
+            "(only its code layer is rebuilt); `run` builds it first"
+        )
+        said: list[str] = []
+        choice = choose("auto", job_spec("torch"), build=True, say=said.append)
+        assert (choice.name, choice.image) == ("docker", torch_image), choice.reason
+        assert (
+            choice.reason == f"image {torch_image} was built from other code (only its code layer is rebuilt); "
+            "built it before the run"
+        )
+        assert said[0].endswith("building it now") and said[-1].startswith(f"built {torch_image} in ")
+        assert any(line.startswith("Step ") for line in said)
+        assert client.images.get(torch_image).id == current
+        assert not images._has_image(client, stale), "the out-of-date build was left behind"
+    finally:
+        if client.images.get(torch_image).id != current:
+            client.images.get(current).tag(torch_image)
 
 
 @pytest.mark.docker
@@ -364,3 +391,33 @@ def test_smoke_suite_runs_in_containers_and_writes_the_same_files(torch_image, t
             p.name for p in paths.dir.iterdir()
         }
         assert [e.epoch for e in result.epochs] == [1, 2] and any(paths.tb.glob("events.out.tfevents.*"))
+
+
+@pytest.mark.docker
+def test_a_rebuild_removes_the_image_it_took_the_tag_from(client) -> None:
+    """Rebuilds (code changes) must not pile up untagged multi-GB images; a still-tagged one is kept."""
+    import io
+
+    if not images._has_image(client, images.OFFLINE_BASE):
+        pytest.skip(f"{images.OFFLINE_BASE} not built (bash docker/base/build.sh)")
+    name, other = f"gridrun-test-rebuild:{os.getpid()}", f"gridrun-test-keep:{os.getpid()}"
+
+    def build(label: str) -> str:
+        dockerfile = f"FROM {images.OFFLINE_BASE}\nLABEL gridrun.test={label}\n".encode()
+        return client.images.build(fileobj=io.BytesIO(dockerfile), tag=name, rm=True)[0].id
+
+    said: list[str] = []
+    try:
+        first = build("first")
+        second = build("second")
+        images._remove_untagged(client, first, said.append)
+        assert not images._has_image(client, first) and images._has_image(client, second)
+        assert said == [f"removed the previous build {first[:19]}"]
+        client.images.get(second).tag(other)
+        build("third")
+        images._remove_untagged(client, second, said.append)
+        assert images._has_image(client, other), "an image with another tag was removed"
+    finally:
+        for tag in (name, other):
+            with contextlib.suppress(Exception):
+                client.images.remove(tag, force=True)

@@ -2,11 +2,13 @@
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
+from jobhelp import make_job, run_worker
 
-from runner.results import JobPaths, SuitePaths, read_model, write_json
+from runner.results import DiskFullError, JobPaths, SuitePaths, read_model, write_json
 from schemas import JobState, RunStatus
 
 
@@ -57,3 +59,42 @@ def test_paths_of_a_job(tmp_path: Path) -> None:
     assert paths.checkpoint("last", ".pt") == paths.checkpoints / "last.pt"
     write_json(paths.spec, {})
     assert [j.dir.name for j in SuitePaths.of(tmp_path, "suite").jobs()] == ["job"]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 16 MiB tmpfs: enough for spec, logs and TensorBoard, far too small for an AlexNet checkpoint."""
+    mount = tmp_path / "small disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("framework", ["torch", pytest.param("tensorflow", marks=pytest.mark.tensorflow)])
+def test_a_full_disk_is_one_clear_message(small_disk: Path, tmp_path: Path, framework: str) -> None:
+    """A checkpoint that does not fit: exit code 2, one message naming the disk and the fix, no
+    traceback, no temp file left, and the job's earlier files intact."""
+    paths = make_job(small_disk, framework=framework, dataset={"limit": 32})
+    proc = run_worker(paths, tmp_path / "cache")
+    assert proc.returncode == 2, proc.stdout
+    assert "Traceback" not in proc.stdout
+    errors = [ln for ln in proc.stdout.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, proc.stdout
+    assert f"no space left on the disk of {paths.checkpoints}" in errors[0]
+    assert "--results" in errors[0] and "Fix:" in errors[0]
+    assert not list(paths.checkpoints.glob(".*")), "a partial checkpoint was left behind"
+    assert not paths.result.exists()
+    assert paths.read_spec() is not None
+
+
+def test_a_write_that_fills_the_disk_becomes_a_disk_full_error(small_disk: Path) -> None:
+    """No size known beforehand: the write fails on the full disk, the message says so, the old file stays."""
+    path = small_disk / "result.json"
+    write_json(path, {"v": "old"})
+    with pytest.raises(DiskFullError, match=r"no space left on the disk of .*small disk \(\d+ MiB free\)"):
+        write_json(path, {"v": "x" * 32 * 2**20})
+    assert json.loads(path.read_text()) == {"v": "old"}
+    assert [p.name for p in small_disk.iterdir()] == ["result.json"]

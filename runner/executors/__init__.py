@@ -1,5 +1,6 @@
 """Executors: `process` (the host's Python) and `docker` (the framework's image), and `auto`."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from runner.errors import UserError
@@ -18,13 +19,14 @@ class Choice:
     image: str = ""
 
 
-def choose(requested: str, spec: JobSpec) -> Choice:
-    """Resolve auto / process / docker for one job. `docker` that cannot work is a UserError."""
+def choose(requested: str, spec: JobSpec, build: bool = False, say: Callable[[str], None] = print) -> Choice:
+    """Resolve auto / process / docker for one job. `docker` that cannot work is a UserError. With
+    `build` (a run, not a plan), a framework image that is missing or out of date is built first."""
     if requested == "process":
         return Choice("process", "asked for")
     from runner.executors import docker
 
-    ok, why = docker.probe(spec)
+    ok, why = docker.probe(spec, build, say)
     if ok:
         return Choice("docker", "asked for" if requested == "docker" else why, docker.image_for(spec))
     if requested == "docker" or spec.image:  # a job's own image must be usable: no silent fallback

@@ -12,6 +12,7 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -36,8 +37,11 @@ def image_for(spec: JobSpec) -> str:
     return spec.image or images.tag(spec.framework)
 
 
-def probe(spec: JobSpec) -> tuple[bool, str]:
-    """Can this job run in Docker here? (yes/no, why in words). Never raises for a missing daemon or image."""
+def probe(spec: JobSpec, build: bool = False, say: Callable[[str], None] = print) -> tuple[bool, str]:
+    """Can this job run in Docker here? (yes/no, why in words). Never raises for a missing daemon or image.
+
+    A framework image that is missing, or was built from other code, is built when `build` (the run),
+    and reported as to be built otherwise (the plan): only the code layer when the Dockerfile is the same."""
     try:
         name = image_for(spec)
     except UserError as e:
@@ -51,11 +55,33 @@ def probe(spec: JobSpec) -> tuple[bool, str]:
             return True, f"the Docker daemon answers and image {name} is here"
         pullable, why = _pullable(client, name)
         return (True, f"image {name} will be pulled") if pullable else (False, why)
+    if image is not None and images.state_of(image, name) == "current":
+        return True, f"the Docker daemon answers and image {name} is built"
     if image is None:
-        return False, f"image {name} not built (run `make images`)"
-    if images.state_of(image, name) == "stale":
-        return False, f"image {name} was built from other code (run `make images`: only the code layer is rebuilt)"
-    return True, f"the Docker daemon answers and image {name} is built"
+        need = f"image {name} is not built"
+    else:
+        need = f"image {name} was built from other code (only its code layer is rebuilt)"
+    if not build:
+        return True, f"{need}; `run` builds it first"
+    return _build(client, spec.framework, need, say)
+
+
+_FAILED_BUILDS: dict[tuple[str, str], str] = {}  # (tag, source hash) -> why: each failing build is tried once
+
+
+def _build(client: Any, framework: str, need: str, say: Callable[[str], None]) -> tuple[bool, str]:
+    key = (images.tag(framework), images.source_hash(framework))
+    if key in _FAILED_BUILDS:
+        return False, _FAILED_BUILDS[key]
+    say(f"{need}: building it now")
+    try:
+        steps = lambda line: say(line) if line.startswith("Step ") else None  # noqa: E731 - the build's outline only
+        built = images.build(framework, ca=images.pip_cert(), client=client, say=steps)
+    except Exception as e:  # a build fails in many ways (UserError, the SDK's API and stream errors)
+        _FAILED_BUILDS[key] = f"{need}, and building it failed: {e}"
+        return False, _FAILED_BUILDS[key]
+    say(f"built {built.tag} in {built.seconds:.0f} s")
+    return True, f"{need}; built it before the run"
 
 
 def ensure_image(spec: JobSpec) -> str:

@@ -289,7 +289,9 @@ def load_initial_weights(model: keras.Model, spec: JobSpec, path: Path, log) -> 
 def save_checkpoint(model: keras.Model, path: Path, meta: dict[str, Any], optimizer: keras.optimizers.Optimizer | None):
     """Model weights (Keras' .weights.h5, for model.load_weights), plus the optimizer's variables and
     `meta`, written to a temp file, fsynced and renamed: a kill never leaves half a checkpoint."""
-    with atomic_path(path, suffix=".tmp" + CHECKPOINT_SUFFIX) as tmp:
+    variables = [*model.weights, *(optimizer.variables if optimizer is not None else [])]
+    size = 4 * sum(math.prod(v.shape) for v in variables)  # float32 (bf16 runs keep float32 variables)
+    with atomic_path(path, suffix=".tmp" + CHECKPOINT_SUFFIX, size_hint=size) as tmp:
         model.save_weights(str(tmp))
         with h5py.File(tmp, "a") as f:
             f.attrs[_META] = json.dumps(meta)

@@ -158,9 +158,20 @@ def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainSpec, steps_per
     return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
 
 
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested checkpoint dict: about its size on disk."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nelement() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 def save_atomic(obj: Any, path: Path) -> None:
-    """torch.save, atomically: a kill never leaves half a checkpoint."""
-    with atomic_path(path) as tmp:
+    """torch.save, atomically: a kill never leaves half a checkpoint; a full disk is said before writing."""
+    with atomic_path(path, size_hint=tensor_bytes(obj)) as tmp:
         torch.save(obj, tmp)
 
 
