@@ -10,10 +10,13 @@ import hashlib
 import io
 import os
 import re
+import ssl
 import subprocess
 import sys
 import tarfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,13 +130,13 @@ def default_base(framework: str) -> str:
     return match.group(1) if match else ""
 
 
-def pip_cert() -> Path | None:
-    """The CA bundle pip uses on this machine: $PIP_CERT, else pip's configured `cert`."""
-    value = os.environ.get("PIP_CERT", "")
+def _pip_config(env: str, key: str) -> str:
+    """A pip setting: its environment variable, else `pip config get`."""
+    value = os.environ.get(env, "")
     if not value:
         try:
             out = subprocess.run(
-                [sys.executable, "-m", "pip", "config", "get", "global.cert"],
+                [sys.executable, "-m", "pip", "config", "get", key],
                 capture_output=True,
                 text=True,
                 timeout=30,
@@ -142,7 +145,31 @@ def pip_cert() -> Path | None:
             value = out.stdout.strip() if out.returncode == 0 else ""
         except (OSError, subprocess.TimeoutExpired):
             value = ""
+    return value
+
+
+def pip_cert() -> Path | None:
+    """The CA bundle pip uses on this machine: $PIP_CERT, else pip's configured `cert`."""
+    value = _pip_config("PIP_CERT", "global.cert")
     return Path(value) if value and Path(value).is_file() else None
+
+
+def index_problem(timeout: float = 5) -> str:
+    """'' when pip's package index answers, else why not. A build that needs it would otherwise wait out
+    pip's timeouts and retries for many minutes on a machine without network."""
+    url = _pip_config("PIP_INDEX_URL", "global.index-url") or "https://pypi.org/simple/"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return ""
+    except urllib.error.HTTPError as e:
+        if e.code in (502, 503, 504):  # a proxy that could not reach it
+            return f"the package index {url} does not answer (HTTP {e.code} from a proxy)"
+        return ""  # it answered
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, ssl.SSLError):
+            return ""  # it answered; the build is given pip's CA (--pip-cert)
+        return f"the package index {url} does not answer ({reason})"
 
 
 def _has_image(client: Any, name: str) -> bool:

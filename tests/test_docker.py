@@ -328,6 +328,17 @@ def test_probe_and_missing_images(client, torch_image: str, tmp_path: Path, monk
     planned = "image gridrun-torch:0.0.0-notbuilt is not built; `run` builds it first"
     assert probe(job_spec("torch")) == (True, planned)
     assert (choose("auto", job_spec("torch")).name, choose("auto", job_spec("torch")).reason) == ("docker", planned)
+    # ... and the run does not try a build that needs a package index it cannot reach: auto falls back.
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple/")  # the discard port: refused at once
+    choice = choose("auto", job_spec("torch"), build=True)
+    assert choice.name == "process"
+    assert choice.reason.startswith(
+        "image gridrun-torch:0.0.0-notbuilt is not built, and it cannot be built here: "
+        "the package index http://127.0.0.1:9/simple/ does not answer ("
+    )
+    refused = r"asks for the docker executor, but image \S+ is not built, and it cannot be built here"
+    with pytest.raises(UserError, match=refused):
+        choose("docker", job_spec("torch"), build=True)
 
 
 @pytest.mark.docker

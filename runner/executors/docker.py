@@ -73,6 +73,10 @@ def _build(client: Any, framework: str, need: str, say: Callable[[str], None]) -
     key = (images.tag(framework), images.source_hash(framework))
     if key in _FAILED_BUILDS:
         return False, _FAILED_BUILDS[key]
+    offline = images.index_problem()
+    if offline:  # with every layer cached no download is needed, but that cannot be known beforehand
+        _FAILED_BUILDS[key] = f"{need}, and it cannot be built here: {offline}"
+        return False, _FAILED_BUILDS[key]
     say(f"{need}: building it now")
     try:
         steps = lambda line: say(line) if line.startswith("Step ") else None  # noqa: E731 - the build's outline only
