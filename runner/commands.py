@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from runner import cluster as ray_cluster
+from runner import disk
 from runner.cli import app, console, err
 from runner.errors import UserError
 from runner.live import LiveView
@@ -102,6 +103,9 @@ def _prepare_plan(
                 highlight=False,
             )
     console.print(plan_table(plan, f"plan of {loaded.name}" + (f" (profile {chosen})" if chosen else "")))
+    line, short = disk.check([p.spec for p in plan if p.action == "run"], results)
+    if line:
+        console.print(f"[bold yellow]{line}[/]" if short else line, highlight=False)
     return loaded, chosen, plan
 
 

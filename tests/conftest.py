@@ -53,3 +53,15 @@ def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     suite_dir = root / "results" / suite["suite"]
     assert (suite_dir / "smoke-torch" / "result.json").is_file(), proc.stdout + proc.stderr
     return suite_dir
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 16 MiB tmpfs: enough for spec, logs and TensorBoard, far too small for an AlexNet checkpoint."""
+    mount = tmp_path / "small disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -1,15 +1,18 @@
-"""The plan: fit against nodes, declared substitutes, skip by spec hash."""
+"""The plan: fit against nodes, declared substitutes, skip by spec hash, checkpoint disk."""
 
+import re
 from pathlib import Path
 
 import pytest
+from conftest import REPO, gridrun
 
+from runner import disk
 from runner.cluster import Node
 from runner.errors import UserError
 from runner.plan import fit_problem, make_plan
 from runner.results import write_json
 from runner.suite import load_suite
-from schemas import JobState, RunStatus
+from schemas import JobSpec, JobState, RunStatus
 
 NODES = [Node("n1", "host1", cpus=8, gpus=2, memory_gb=32), Node("n2", "host2", cpus=2, gpus=0, memory_gb=8)]
 
@@ -107,3 +110,37 @@ def test_cifar10_from_a_pickle_folder_is_used_without_substitute(loaded, tmp_pat
     splits = data.load(by["undeclared"].spec.dataset, tmp_path / "cache")
     assert splits.sizes() == {"train": 90, "val": 10, "test": 20} and splits.class_names[3] == "c3"
     assert splits.train_x.shape[1:] == (32, 32, 3) and splits.train_x.dtype == np.uint8
+
+
+# --- checkpoint disk -------------------------------------------------------------------------------
+
+ALEXNET_10 = 57_044_810  # torchvision AlexNet with a 10-class head, every parameter trainable
+
+
+def _spec(**overrides) -> JobSpec:
+    base = {"name": "j", "framework": "torch", "model": {"arch": "alexnet"}, "dataset": {"name": "digits"}}
+    return JobSpec.model_validate(base | overrides)
+
+
+def test_checkpoint_size_follows_the_model_and_the_optimizer() -> None:
+    adam = disk.need(_spec(train={"optimizer": {"name": "adam"}}))
+    assert (adam.last, adam.best) == (4 * 3 * ALEXNET_10, 4 * ALEXNET_10)  # weights + two Adam slots
+    sgd = disk.need(_spec(train={"optimizer": {"name": "sgd", "momentum": 0.9}}))
+    assert sgd.last == 4 * 2 * ALEXNET_10
+    plain = disk.need(_spec(train={"optimizer": {"name": "sgd", "momentum": 0}}))
+    assert plain.last == plain.best == 4 * ALEXNET_10
+    frozen = disk.need(_spec(model={"arch": "alexnet", "freeze_backbone": True}, train={"optimizer": {"name": "adam"}}))
+    head = 256 * 6 * 6 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 10 + 10
+    assert frozen.last == 4 * (ALEXNET_10 + 2 * head)
+
+
+def test_plan_says_when_the_checkpoints_do_not_fit(small_disk: Path, tmp_path: Path) -> None:
+    """16 MiB cannot hold a smoke job's AlexNet checkpoints: the plan says so, with the fix; it still exits 0."""
+    args = ["plan", str(REPO / "jobs/smoke.yaml"), "--cache", str(tmp_path / "cache"), "--executor", "process"]
+    proc = gridrun(*args, "--results", str(small_disk / "results"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = " ".join(proc.stdout.split())
+    assert re.search(r"checkpoints: the \d job\(s\) to run write up to [\d.]+ [MG]B \(largest: smoke-\w+", text), text
+    assert "free under" in text and "Not enough" in text and "Fix: free space there, or give --results" in text
+    roomy = gridrun(*args, "--results", str(tmp_path / "results"))
+    assert roomy.returncode == 0 and "checkpoints: the" in roomy.stdout and "Not enough" not in roomy.stdout

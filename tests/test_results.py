@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -59,18 +58,6 @@ def test_paths_of_a_job(tmp_path: Path) -> None:
     assert paths.checkpoint("last", ".pt") == paths.checkpoints / "last.pt"
     write_json(paths.spec, {})
     assert [j.dir.name for j in SuitePaths.of(tmp_path, "suite").jobs()] == ["job"]
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    """A real 16 MiB tmpfs: enough for spec, logs and TensorBoard, far too small for an AlexNet checkpoint."""
-    mount = tmp_path / "small disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.mark.parametrize("framework", ["torch", pytest.param("tensorflow", marks=pytest.mark.tensorflow)])
