@@ -79,7 +79,8 @@ def _build(client: Any, framework: str, need: str, say: Callable[[str], None]) -
         return False, _FAILED_BUILDS[key]
     say(f"{need}: building it now")
     try:
-        steps = lambda line: say(line) if line.startswith("Step ") else None  # noqa: E731 - the build's outline only
+        # The build's outline only: the first line of each step.
+        steps = lambda text: say(text.splitlines()[0]) if text.startswith("Step ") else None  # noqa: E731
         built = images.build(framework, ca=images.pip_cert(), client=client, say=steps)
     except Exception as e:  # a build fails in many ways (UserError, the SDK's API and stream errors)
         _FAILED_BUILDS[key] = f"{need}, and building it failed: {e}"
