@@ -3,7 +3,8 @@
 #   1. installs docker.io and debootstrap from Debian when missing,
 #   2. starts dockerd when no daemon answers, and waits for it (log: $DOCKERD_LOG),
 #   3. builds the offline Python base image (docker/base/build.sh),
-#   4. builds the torch and tensorflow images on that base (cached layers are reused).
+#   4. builds the torch and tensorflow images on that base (cached layers are reused),
+#   5. removes gridrun images of earlier Dockerfiles or versions.
 # Idempotent: a step already done is skipped, so a second run takes seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,4 +40,6 @@ say "docker daemon $(docker info -f '{{.ServerVersion}} ({{.Driver}}, cgroup {{.
 
 bash docker/base/build.sh --tag "$BASE_TAG"
 "$PYTHON" -m runner images build --base-image "$BASE_TAG"
+# Images of earlier Dockerfiles or versions: several GB each, on a disk the tests need.
+"$PYTHON" -m runner images prune
 say "done in $(($(date +%s) - t0))s"

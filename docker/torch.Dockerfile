@@ -4,6 +4,13 @@
 # Classic builder compatible (no BuildKit features): Debian's docker.io has no buildx.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
+# ---- deps: the project's dependency list, read from pyproject.toml. Only the list reaches the
+# builder (COPY --from is cached by content), so edits elsewhere in pyproject.toml rebuild nothing.
+FROM ${BASE_IMAGE} AS deps
+COPY pyproject.toml /tmp/pyproject.toml
+RUN python3 -c "import tomllib; p = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['torch']))" > /tmp/requirements.txt
+
 # ---- builder: a virtualenv with the framework and the project's dependencies -----------------
 FROM ${BASE_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180
@@ -21,14 +28,10 @@ ARG TORCHVISION_VERSION=0.29.1
 RUN [ ! -f /tmp/pip-ca/ca.crt ] || export PIP_CERT=/tmp/pip-ca/ca.crt; \
     /opt/venv/bin/pip install "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 
-# The project's own dependencies, from pyproject.toml alone (runner/__init__.py holds the version;
-# README.md is a stand-in), so that code and doc edits do not reach this layer.
-COPY pyproject.toml /tmp/deps/
-COPY runner/__init__.py /tmp/deps/runner/
+# The project's own dependencies, with the framework pinned as above.
+COPY --from=deps /tmp/requirements.txt /tmp/deps/requirements.txt
 RUN [ ! -f /tmp/pip-ca/ca.crt ] || export PIP_CERT=/tmp/pip-ca/ca.crt; \
-    touch /tmp/deps/README.md; \
-    /opt/venv/bin/pip install "/tmp/deps[torch]" "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
- && /opt/venv/bin/pip uninstall --yes gridrun
+    /opt/venv/bin/pip install -r /tmp/deps/requirements.txt "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}"
 
 # ---- the image: the builder's venv, a non-root user, the project code --------------------------
 FROM ${BASE_IMAGE}

@@ -315,6 +315,24 @@ def state_of(image: Any, name: str) -> str:
     return "current" if image.labels.get(LABEL_SOURCE) == source_hash(framework) else "stale"
 
 
+def prune(client: Any = None, say: Callable[[str], None] = print) -> list[Listed]:
+    """Remove the tags of gridrun images built from another Dockerfile or version ("old"); an image goes
+    with its last tag. The current tags stay, out of date or not (a run rebuilds those). What went."""
+    import docker
+
+    client = client or connect()
+    removed = []
+    for listed in list_images(client):
+        if listed.state != "old":
+            continue
+        try:
+            client.images.remove(listed.tag)
+            removed.append(listed)
+        except docker.errors.APIError as e:  # a container still uses it
+            say(f"kept {listed.tag}: {e.explanation or e}")
+    return removed
+
+
 def list_images(client: Any = None) -> list[Listed]:
     """Every tagged gridrun framework image on this machine, newest first."""
     client = client or connect()

@@ -1,4 +1,4 @@
-"""`gridrun images` (list with digests) and `gridrun images build`."""
+"""`gridrun images` (list with digests), `gridrun images build` and `gridrun images prune`."""
 
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +10,7 @@ from runner import images
 from runner.errors import UserError
 
 images_app = typer.Typer(
-    help="The framework Docker images: list them (default) or build them.",
+    help="The framework Docker images: list them (default), build them, or remove old ones.",
     invoke_without_command=True,
     no_args_is_help=False,
 )
@@ -78,6 +78,18 @@ def build_cmd(
     for b in built:
         table.add_row(b.tag, b.id, _gb(b.size_bytes), f"{b.seconds:.0f} s", b.base_image)
     console.print(table)
+
+
+@images_app.command("prune")
+def prune_cmd() -> None:
+    """Remove gridrun images built from another Dockerfile or version (they are several GB each)."""
+    from runner.cli import console
+
+    removed = images.prune(images.connect(), say=lambda line: console.print(line, markup=False, highlight=False))
+    for r in removed:
+        console.print(f"removed {r.tag} ({_gb(r.size_bytes)})", highlight=False)
+    if not removed:
+        console.print("no old gridrun images", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -384,6 +384,24 @@ def test_images_command_lists_digests_and_the_ca_stays_out(client, torch_image: 
 
 
 @pytest.mark.docker
+def test_images_prune_removes_old_tags_only(client, torch_image: str) -> None:
+    """A tag of another version or Dockerfile goes; the current image stays."""
+    old = "gridrun-torch:0.0.1-000000000000"
+    client.images.get(torch_image).tag(old)
+    try:
+        assert any(r.tag == old and r.state == "old" for r in images.list_images(client))
+        proc = gridrun("images", "prune")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"removed {old} (" in proc.stdout
+        assert not images._has_image(client, old) and images._has_image(client, torch_image)
+        again = gridrun("images", "prune")
+        assert again.returncode == 0 and "no old gridrun images" in again.stdout
+    finally:
+        with contextlib.suppress(Exception):
+            client.images.remove(old)
+
+
+@pytest.mark.docker
 def test_smoke_suite_runs_in_containers_and_writes_the_same_files(torch_image, tf_image, tmp_path: Path) -> None:
     """`gridrun run jobs/smoke.yaml --executor docker`: both frameworks in their images, the same results contract."""
     from runner.results import SuitePaths
