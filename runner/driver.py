@@ -414,7 +414,7 @@ class Driver:
         self.view.event(
             job.spec.name,
             f"node {node} lacks {len(needs)} input file(s) of the cache ({size:.1f} MiB); sending them through Ray"
-            + ("" if new else " (already in its object store)"),
+            + ("" if new else " (already in Ray's object store)"),
         )
         for rel, refs in inputs.send(self.cache, new, transfer.chunk_bytes(), ray.put):
             self._sent[rel] = refs

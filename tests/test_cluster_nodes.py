@@ -218,7 +218,7 @@ def test_inputs_reach_nodes_that_do_not_see_the_cache(cluster, tmp_path: Path) -
     assert proc.returncode == 0, proc.stdout + proc.stderr
     sending = [ln for ln in proc.stdout.splitlines() if "input file(s) of the cache (" in ln]
     assert len(sending) == 2, proc.stdout  # one per job; the dataset's bytes travel only with the first
-    assert sum("(already in its object store)" in ln for ln in sending) <= 1
+    assert sum("(already in Ray's object store)" in ln for ln in sending) <= 1
     suite_dir = SuitePaths.of(results, "inputs")
     for name, zone in (("on-a", "a"), ("on-b", "b")):
         paths = suite_dir.job(name)
