@@ -81,7 +81,7 @@ def _execute(req: Request) -> dict:
         wanted = [inputs.Input(rel, size) for rel, size in req.inputs]
         if inputs.missing(cache, wanted):
             cache = inputs.node_cache()
-            inputs.receive(cache, req.sent_inputs, ray.get)
+            transfer.receive_files(cache, req.sent_inputs, ray.get)
             lacking = inputs.missing(cache, wanted)
             if lacking:  # before anything is written: the driver sends them and starts the job again
                 return {"needs_inputs": [(i.rel, i.size) for i in lacking], "node_id": node_id}
@@ -416,7 +416,7 @@ class Driver:
             f"node {node} lacks {len(needs)} input file(s) of the cache ({size:.1f} MiB); sending them through Ray"
             + ("" if new else " (already in Ray's object store)"),
         )
-        for rel, refs in inputs.send(self.cache, new, transfer.chunk_bytes(), ray.put):
+        for rel, refs in transfer.send_files(self.cache, [i.rel for i in new], transfer.chunk_bytes(), ray.put):
             self._sent[rel] = refs
         sent = [(i.rel, self._sent[i.rel]) for i in needs]
         return self._submit(job, item.tries_left, sent)

@@ -172,14 +172,18 @@ def index_problem(timeout: float = 5) -> str:
         return f"the package index {url} does not answer ({reason})"
 
 
-def _has_image(client: Any, name: str) -> bool:
+def local_image(client: Any, name: str) -> Any | None:
+    """The image `name` (a tag or an id) on this machine, or None."""
     import docker
 
     try:
-        client.images.get(name)
-        return True
+        return client.images.get(name)
     except docker.errors.ImageNotFound:
-        return False
+        return None
+
+
+def _has_image(client: Any, name: str) -> bool:
+    return local_image(client, name) is not None
 
 
 def choose_base(client: Any, framework: str, base_image: str | None, say: Callable[[str], None]) -> str:
@@ -241,7 +245,7 @@ def build(
     if ca is not None and not ca.is_file():
         raise UserError(f"CA bundle {ca} does not exist. Fix: name the file pip should trust, or leave it out")
     say(f"building {name} on {base}" + (f" (pip trusts {ca} during the build)" if ca else ""))
-    previous = _image_id(client, name)
+    previous = getattr(local_image(client, name), "id", None)
     start = time.perf_counter()
     stream = client.api.build(
         fileobj=_context(framework, ca),
@@ -269,15 +273,6 @@ def build(
     if previous and previous != image.id:
         _remove_untagged(client, previous, say)
     return Built(name, image.id, int(image.attrs.get("Size", 0)), seconds, base)
-
-
-def _image_id(client: Any, name: str) -> str | None:
-    import docker
-
-    try:
-        return client.images.get(name).id
-    except docker.errors.ImageNotFound:
-        return None
 
 
 def _remove_untagged(client: Any, image_id: str, say: Callable[[str], None]) -> None:

@@ -3,21 +3,17 @@
 The prepare step puts every input into the driver's cache. A node of a remote cluster may not see that
 folder. The job's task then says which inputs it misses; the driver sends each of them once per run
 through Ray's object store, in pieces, and the node keeps them in its own cache (under the node folder of
-transfer.node_root()), where later jobs on that node find them. Files the suite names by path (a
-dataset.path, a weights file) are not sent: they must be at that path on every node.
+transfer.node_root()), where later jobs on that node find them; transfer.send_files and receive_files
+carry them. Files the suite names by path (a dataset.path, a weights file) are not sent: they must be at
+that path on every node.
 """
 
-import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from runner import data, weights
 from runner.transfer import node_root
 from schemas import JobSpec
-
-PART = ".gridrun-part"
 
 
 @dataclass(frozen=True)
@@ -59,36 +55,3 @@ def missing(cache: Path, wanted: list[Input]) -> list[Input]:
 def node_cache() -> Path:
     """This node's own copy of the inputs it was sent."""
     return node_root() / "cache"
-
-
-def send(cache: Path, items: list[Input], chunk: int, put: Callable[[bytes], Any]) -> list[tuple[str, list[Any]]]:
-    """The driver's side: each file as the `put` (ray.put) of its pieces, one piece in memory at a time."""
-    out = []
-    for item in items:
-        refs = []
-        with open(Path(cache) / item.rel, "rb") as f:
-            while piece := f.read(chunk):
-                refs.append(put(piece))
-        out.append((item.rel, refs or [put(b"")]))
-    return out
-
-
-def receive(cache: Path, sent: list[tuple[str, list[Any]]], get: Callable[[Any], bytes]) -> int:
-    """The node's side: write the files into `cache`, each renamed into place once whole. Bytes written."""
-    total = 0
-    root = Path(cache).resolve()
-    for rel, refs in sent:
-        target = (root / rel).resolve()
-        if not target.is_relative_to(root):
-            raise ValueError(f"refusing an input outside {root}: {rel!r}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # A name per process: two jobs on one node may receive the same file at once.
-        part = target.with_name(f".{target.name}.{os.getpid()}{PART}")
-        try:
-            with open(part, "wb") as f:
-                for ref in refs:
-                    total += f.write(get(ref))
-            os.replace(part, target)
-        finally:
-            part.unlink(missing_ok=True)
-    return total

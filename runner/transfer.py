@@ -153,12 +153,7 @@ def plant(job_dir: Path, spec_json: str, seed: list[tuple[str, list[Any]]], get:
     shutil.rmtree(job_dir, ignore_errors=True)
     job_dir.mkdir(parents=True)
     (job_dir / "spec.json").write_text(spec_json)
-    for rel, chunks in seed:
-        target = _inside(job_dir, rel)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "wb") as f:
-            for ref in chunks:
-                f.write(get(ref))
+    receive_files(job_dir, seed, get)
     state: State = {}
     for rel in files(job_dir, DRIVER_OWNED):
         st = (job_dir / rel).stat()
@@ -178,17 +173,40 @@ def remove(path: str) -> None:
 
 
 def seed(job_dir: Path, chunk: int, skip: tuple[str, ...], put: Callable[[bytes], Any]) -> list[tuple[str, list[Any]]]:
-    """The driver's files of a job, each as the `put` (ray.put) of its pieces, for the node of its next attempt.
+    """The driver's files of a job, for the node of its next attempt (see send_files)."""
+    return send_files(job_dir, files(job_dir, skip), chunk, put)
 
-    One piece is read at a time: a checkpoint of many gigabytes goes to the object store, not into memory."""
+
+def send_files(root: Path, rels: Iterable[str], chunk: int, put: Callable[[bytes], Any]) -> list[tuple[str, list[Any]]]:
+    """Files under root, each as the `put` (ray.put) of its pieces: (path, refs) for receive_files.
+
+    One piece is read at a time: a file of many gigabytes goes to the object store, not into memory."""
     out = []
-    for rel in files(job_dir, skip):
+    for rel in rels:
         refs = []
-        with open(job_dir / rel, "rb") as f:
+        with open(root / rel, "rb") as f:
             while data := f.read(chunk):
                 refs.append(put(data))
         out.append((rel, refs or [put(b"")]))
     return out
+
+
+def receive_files(root: Path, sent: list[tuple[str, list[Any]]], get: Callable[[Any], bytes]) -> int:
+    """Write what send_files sent under root, each file renamed into place once whole. Bytes written."""
+    total = 0
+    for rel, refs in sent:
+        target = _inside(root, rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # A name per process: two jobs on one node may receive the same file at once.
+        part = target.with_name(f".{target.name}.{os.getpid()}{PART}")
+        try:
+            with open(part, "wb") as f:
+                for ref in refs:
+                    total += f.write(get(ref))
+            os.replace(part, target)
+        finally:
+            part.unlink(missing_ok=True)
+    return total
 
 
 def _inside(root: Path, rel: str) -> Path:

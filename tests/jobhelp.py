@@ -121,3 +121,27 @@ def kill_after_first_epoch(paths: JobPaths, cache: Path, log: Path, timeout: flo
         proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, log.read_text()
+
+
+def scalars(tb: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a TensorBoard folder, read back with TensorBoard's own EventAccumulator."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def resume_and_check(paths: JobPaths, cache: Path, k: int, epochs: int) -> None:
+    """Run a job killed after epoch k again: it resumes at k + 1 and records every epoch once."""
+    from runner.trainers.common import TAGS
+    from schemas import RunResult
+
+    again = run_worker(paths, cache)
+    assert again.returncode == 0, again.stdout
+    assert f"resuming from epoch {k + 1}" in again.stdout
+    result = RunResult.model_validate_json(paths.result.read_text())
+    assert [e.epoch for e in result.epochs] == list(range(1, epochs + 1))
+    assert result.resumed_from_epoch == k + 1
+    # TensorBoard holds each epoch once, across the killed run's events and the resumed one's.
+    assert [s for s, _ in scalars(paths.tb)[TAGS["val_accuracy"]]] == list(range(1, epochs + 1))

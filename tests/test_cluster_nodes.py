@@ -30,7 +30,7 @@ TOKEN = "gridrun-test-token-" + "7" * 24
 SUITE = """\
 suite: {suite}
 defaults:
-  dataset: {{name: synthetic, image_size: 64, synthetic_size: 300}}
+  dataset: {{name: {dataset}, image_size: 64, synthetic_size: 300}}
   model: {{arch: alexnet, classifier_width: 32}}
   train: {{epochs: {epochs}, batch_size: 50}}
   resources: {{gpus: 1, cpus: 1}}
@@ -72,10 +72,18 @@ def env_of(cluster: RayCluster) -> dict[str, str]:
     }
 
 
-def write_suite(tmp_path: Path, name: str, epochs: int, jobs: str) -> Path:
+def write_suite(tmp_path: Path, name: str, epochs: int, jobs: str, dataset: str = "synthetic") -> Path:
     path = tmp_path / f"{name}.yaml"
-    path.write_text(SUITE.format(suite=name, epochs=epochs, jobs=jobs))
+    path.write_text(SUITE.format(suite=name, epochs=epochs, jobs=jobs, dataset=dataset))
     return path
+
+
+def run_on_cluster(cluster: RayCluster, suite: Path, results: Path, cache: Path) -> subprocess.CompletedProcess:
+    """`gridrun run` of a suite on the cluster with the process executor, to the end."""
+    return gridrun(
+        "run", str(suite), "--address", cluster.address, "--results", str(results), "--executor", "process",
+        "--cache", str(cache), "--no-report", env=env_of(cluster), timeout=400,
+    )  # fmt: skip
 
 
 def start_driver(cluster: RayCluster, suite: Path, results: Path, out: Path) -> subprocess.Popen:
@@ -145,10 +153,7 @@ def test_every_job_folder_comes_back_from_nodes_that_share_no_disk(cluster, tmp_
         "  - {name: on-b, framework: torch, resources: {custom: {fast: 1}}}",
     )
     results = tmp_path / "results"
-    proc = gridrun(
-        "run", str(suite), "--address", cluster.address, "--results", str(results), "--executor", "process",
-        "--cache", str(tmp_path / "cache"), "--no-report", env=env_of(cluster), timeout=400,
-    )  # fmt: skip
+    proc = run_on_cluster(cluster, suite, results, tmp_path / "cache")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     suite_dir = SuitePaths.of(results, "apart")
     for name, zone in (("on-a", "a"), ("on-b", "b")):
@@ -207,14 +212,10 @@ def test_inputs_reach_nodes_that_do_not_see_the_cache(cluster, tmp_path: Path) -
         "  - {name: on-a, framework: torch, resources: {labels: {zone: a}}}\n"
         "  - {name: on-b, framework: torch, resources: {custom: {fast: 1}},\n"
         "      model: {weights: imagenet}}",
-    ).read_text()
-    suite_path = tmp_path / "inputs.yaml"
-    suite_path.write_text(suite.replace("name: synthetic", "name: cifar10"))
+        dataset="cifar10",
+    )
     results = tmp_path / "results"
-    proc = gridrun(
-        "run", str(suite_path), "--address", cluster.address, "--results", str(results), "--executor", "process",
-        "--cache", str(cache), "--no-report", env=env_of(cluster), timeout=400,
-    )  # fmt: skip
+    proc = run_on_cluster(cluster, suite, results, cache)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     sending = [ln for ln in proc.stdout.splitlines() if "input file(s) of the cache (" in ln]
     assert len(sending) == 2, proc.stdout  # one per job; the dataset's bytes travel only with the first

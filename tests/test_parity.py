@@ -16,8 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from jobhelp import REPO, job_spec, make_job, run_worker, worker_env
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from jobhelp import REPO, job_spec, make_job, run_worker, scalars, worker_env
 
 from runner.trainers import torch_models
 from runner.trainers.common import TAGS
@@ -385,12 +384,6 @@ def test_cross_entropy_with_label_smoothing_is_torchs(probe: dict[str, Any]) -> 
 
 
 # --- the same run, end to end ----------------------------------------------------------------------
-
-
-def scalars(tb: Path) -> dict[str, list[tuple[int, float]]]:
-    acc = EventAccumulator(str(tb))
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 @pytest.mark.slow

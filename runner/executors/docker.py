@@ -49,7 +49,7 @@ def probe(spec: JobSpec, build: bool = False, say: Callable[[str], None] = print
     client, why = images.try_connect(timeout=5)
     if client is None:
         return False, why
-    image = _local_image(client, name)
+    image = images.local_image(client, name)
     if spec.image:
         if image is not None:
             return True, f"the Docker daemon answers and image {name} is here"
@@ -93,7 +93,7 @@ def ensure_image(spec: JobSpec) -> str:
     """Check (and pull, for a job's own image) the job's image before anything is scheduled; its digest."""
     client = images.connect()
     name = image_for(spec)
-    image = _local_image(client, name)
+    image = images.local_image(client, name)
     if image is None and spec.image:
         image = _pull(client, name)
     if image is None:
@@ -210,7 +210,7 @@ class DockerExecutor(Executor):
         try:
             client = images.connect()
             name = launch.spec_file.image or image_for(launch.spec_file.spec)
-            image = _local_image(client, name) or (_pull(client, name) if launch.spec_file.spec.image else None)
+            image = images.local_image(client, name) or (_pull(client, name) if launch.spec_file.spec.image else None)
         except UserError as e:
             return Outcome(2, str(e))
         if image is None:
@@ -320,15 +320,6 @@ def _remove(container: Any) -> None:
     # Already gone, or the daemon is: cleanup_stale() catches whatever is left.
     with contextlib.suppress(Exception):
         container.remove(force=True)
-
-
-def _local_image(client: Any, name: str) -> Any | None:
-    import docker
-
-    try:
-        return client.images.get(name)
-    except docker.errors.ImageNotFound:
-        return None
 
 
 def _pullable(client: Any, name: str) -> tuple[bool, str]:
