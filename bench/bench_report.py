@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runner.report import write_report
-from runner.results import SuitePaths, write_json
+from runner.store.layout import SuitePaths, write_json
 from schemas import JobSpec, RunResult, RunStatus, SpecFile
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

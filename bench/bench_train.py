@@ -2,7 +2,7 @@
 
 Both train torchvision AlexNet on the same CIFAR-shaped synthetic images resized to --size:
   study   : per-image PIL resize in DataLoader workers, float32, batch 64 (how the study ran);
-  gridrun : the real worker (`python -m runner.worker`) on a synthetic job: uint8 data on the
+  gridrun : the real worker (`python -m runner.train.worker`) on a synthetic job: uint8 data on the
             device, batched crop/flip/resize there, bf16 autocast on CUDA, --batch.
 Prints images/s of each and the ratio. On a CPU the figures are small; run it on a GPU for the
 numbers DESIGN.md quotes (study style ~3,800 img/s, GPU-resident bf16 ~39,000 on one H200).
@@ -29,7 +29,7 @@ from torchvision import transforms
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from runner.results import JobPaths, write_json  # noqa: E402
+from runner.store.layout import JobPaths, write_json  # noqa: E402
 from schemas import JobSpec, SpecFile  # noqa: E402
 
 
@@ -97,7 +97,7 @@ def gridrun_trainer(size: int, images: int, batch: int) -> tuple[float, str]:
             SpecFile(suite="bench", job="bench", spec_hash="bench", code_version="bench", declared=spec, spec=spec),
         )
         proc = subprocess.run(
-            [sys.executable, "-m", "runner.worker", str(paths.dir), "--cache", tmp],
+            [sys.executable, "-m", "runner.train.worker", str(paths.dir), "--cache", tmp],
             cwd=REPO,
             capture_output=True,
             text=True,

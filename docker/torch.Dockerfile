@@ -45,7 +45,7 @@ COPY runner /tmp/gridrun/runner
 # Offline: every dependency is already in the venv.
 RUN pip install --no-deps --no-index --no-build-isolation /tmp/gridrun \
  && rm -rf /tmp/gridrun \
- && python -c "import runner.worker, schemas, torch, torchvision"
+ && python -c "import runner.train.worker, schemas, torch, torchvision"
 
 ARG GRIDRUN_VERSION=""
 LABEL org.opencontainers.image.title="gridrun-torch" \
@@ -55,4 +55,4 @@ LABEL org.opencontainers.image.title="gridrun-torch" \
       gridrun.python="/opt/venv/bin/python"
 USER 1000:1000
 WORKDIR /home/gridrun
-CMD ["python", "-m", "runner.worker", "--help"]
+CMD ["python", "-m", "runner.train.worker", "--help"]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from runner.results import JobPaths, write_json
+from runner.store.layout import JobPaths, write_json
 from schemas import JobSpec, SpecFile
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def spec_file(spec: JobSpec, suite: str = "test-suite", spec_hash: str | None = 
 
 
 def worker_command(paths: JobPaths, cache: Path) -> list[str]:
-    return [sys.executable, "-m", "runner.worker", str(paths.dir), "--cache", str(cache)]
+    return [sys.executable, "-m", "runner.train.worker", str(paths.dir), "--cache", str(cache)]
 
 
 def worker_env(threads: int = 2) -> dict[str, str]:
@@ -80,7 +80,7 @@ def worker_env(threads: int = 2) -> dict[str, str]:
 
 
 def run_worker(paths: JobPaths, cache: Path, timeout: float = 300, **popen: Any) -> subprocess.CompletedProcess:
-    """Run `python -m runner.worker` to the end; stdout and stderr together in .stdout."""
+    """Run `python -m runner.train.worker` to the end; stdout and stderr together in .stdout."""
     return subprocess.run(
         worker_command(paths, cache),
         cwd=REPO,
@@ -134,7 +134,7 @@ def scalars(tb: Path) -> dict[str, list[tuple[int, float]]]:
 
 def resume_and_check(paths: JobPaths, cache: Path, k: int, epochs: int) -> None:
     """Run a job killed after epoch k again: it resumes at k + 1 and records every epoch once."""
-    from runner.trainers.common import TAGS
+    from runner.train.common import TAGS
     from schemas import RunResult
 
     again = run_worker(paths, cache)

@@ -20,10 +20,10 @@ from conftest import REPO, gridrun
 from raycluster import RayCluster
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from runner import transfer
-from runner.results import SuitePaths
-from runner.trainers import torch_models
-from runner.weights import imagenet_path
+from runner.schedule import transfer
+from runner.store.layout import SuitePaths
+from runner.train import torch_models
+from runner.train.weights import imagenet_path
 from schemas import JobState, ModelSpec
 
 TOKEN = "gridrun-test-token-" + "7" * 24
@@ -108,7 +108,7 @@ def wait_for(condition, proc: subprocess.Popen, out: Path, timeout: float = 240)
 
 def node_of(log: Path) -> str:
     """Which node folder the job's (last) attempt ran in: the worker's command line names it."""
-    return re.findall(r"runner\.worker \S*/node-(\w)/", log.read_text())[-1]
+    return re.findall(r"runner\.train\.worker \S*/node-(\w)/", log.read_text())[-1]
 
 
 def no_leftovers(suite_dir: Path) -> None:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runner import data
 from runner.errors import UserError
+from runner.train import data
 from schemas import DatasetSpec
 
 

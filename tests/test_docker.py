@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from runner import images
 from runner.errors import UserError
-from runner.executors import choose
-from runner.executors.base import Launch, Outcome
-from runner.executors.docker import (
+from runner.execute import choose, images
+from runner.execute.base import Launch, Outcome
+from runner.execute.docker import (
     OWNER_LABEL,
     PIDS_LIMIT,
     DockerExecutor,
@@ -29,7 +28,7 @@ from runner.executors.docker import (
     ensure_image,
     probe,
 )
-from runner.results import JobPaths
+from runner.store.layout import JobPaths
 from tests.conftest import gridrun
 from tests.jobhelp import job_spec, make_job
 
@@ -72,7 +71,7 @@ def test_container_config_is_confined(tmp_path: Path, cache: Path, monkeypatch) 
     assert cfg["command"] == [
         "/opt/venv/bin/python",
         "-m",
-        "runner.worker",
+        "runner.train.worker",
         "/results/test-suite/conf",
         "--cache",
         "/cache",
@@ -404,7 +403,7 @@ def test_images_prune_removes_old_tags_only(client, torch_image: str) -> None:
 @pytest.mark.docker
 def test_smoke_suite_runs_in_containers_and_writes_the_same_files(torch_image, tf_image, tmp_path: Path) -> None:
     """`gridrun run jobs/smoke.yaml --executor docker`: both frameworks in their images, the same results contract."""
-    from runner.results import SuitePaths
+    from runner.store.layout import SuitePaths
     from tests.conftest import REPO
 
     results = tmp_path / "results"

@@ -8,8 +8,8 @@ import pytest
 from conftest import REPO, gridrun
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from runner.results import SuitePaths
-from runner.trainers.common import TAGS
+from runner.store.layout import SuitePaths
+from runner.train.common import TAGS
 from schemas import JobState, RunResult, SpecFile
 
 JOBS = ("smoke-torch", "smoke-tf")

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 import torchvision
 from jobhelp import REPO, job_spec, make_job, run_worker, scalars, worker_env
 
-from runner.trainers import torch_models
-from runner.trainers.common import TAGS
-from runner.trainers.torch_trainer import Pipeline, make_optimizer, make_scheduler
+from runner.train import torch_models
+from runner.train.common import TAGS
+from runner.train.torch_trainer import Pipeline, make_optimizer, make_scheduler
 from schemas import ModelSpec, RunResult, TrainSpec
 
 pytestmark = pytest.mark.tensorflow
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.tensorflow
 PROBE = r"""
 import json, sys
 import numpy as np
-from runner.trainers import tf_models, tf_trainer
+from runner.train import tf_models, tf_trainer
 import keras, tensorflow as tf
 from schemas import ModelSpec, TrainSpec
 

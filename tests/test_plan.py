@@ -6,11 +6,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, gridrun
 
-from runner import disk
-from runner.cluster import Node
 from runner.errors import UserError
-from runner.plan import fit_problem, make_plan
-from runner.results import write_json
+from runner.plan import disk, fit_problem, make_plan
+from runner.schedule.cluster import Node
+from runner.store.layout import write_json
 from runner.suite import load_suite
 from schemas import JobSpec, JobState, RunStatus
 
@@ -93,7 +92,7 @@ def test_cifar10_from_a_pickle_folder_is_used_without_substitute(loaded, tmp_pat
 
     import numpy as np
 
-    from runner import data
+    from runner.train import data
 
     folder = tmp_path / "cache" / "datasets" / "cifar10" / data.CIFAR10_FOLDER
     folder.mkdir(parents=True)

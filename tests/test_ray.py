@@ -10,7 +10,7 @@ from pathlib import Path
 
 from conftest import REPO, gridrun
 
-from runner.results import SuitePaths
+from runner.store.layout import SuitePaths
 from schemas import JobState
 
 TWO_GPU_JOBS = """\

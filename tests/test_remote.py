@@ -17,8 +17,8 @@ import ray
 from conftest import gridrun
 from raycluster import RayCluster
 
-from runner.cluster import version_problem
-from runner.results import SuitePaths
+from runner.schedule.cluster import version_problem
+from runner.store.layout import SuitePaths
 from schemas import JobState
 
 TOKEN = "gridrun-remote-token-" + "5" * 24

@@ -22,7 +22,7 @@ from PIL import Image, ImageStat
 from runner.errors import UserError
 from runner.report import write_report
 from runner.report.runs import load_suite
-from runner.results import JobPaths, write_json
+from runner.store.layout import JobPaths, write_json
 from schemas import RunStatus
 
 FRAMEWORKS = {"torch": "PyTorch", "tensorflow": "TensorFlow"}

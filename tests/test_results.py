@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from jobhelp import make_job, run_worker
 
-from runner.results import DiskFullError, JobPaths, SuitePaths, read_model, write_json
+from runner.store.layout import DiskFullError, JobPaths, SuitePaths, read_model, write_json
 from schemas import JobState, RunStatus
 
 

@@ -22,10 +22,10 @@ from conftest import REPO, gridrun
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from runner.results import JobPaths
-from runner.tbextras import TAG_CONFUSION, TAG_PER_CLASS, TAG_SPEC, confusion_png, write_run_extras
-from runner.tensorboard_server import job_logdirs
-from runner.trainers.common import TAGS
+from runner.report.tensorboard import job_logdirs
+from runner.store.layout import JobPaths
+from runner.train.common import TAGS
+from runner.train.tbextras import TAG_CONFUSION, TAG_PER_CLASS, TAG_SPEC, confusion_png, write_run_extras
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_run_extras_are_read_by_tensorboard(results: Path) -> None:
 
 def test_confusion_heatmap_is_drawn_without_matplotlib() -> None:
     code = (
-        "import sys, runner.tbextras as t; png, h, w = t.confusion_png([[5, 0], [1, 4]], ['cat', 'dog'], 'x');"
+        "import sys, runner.train.tbextras as t; png, h, w = t.confusion_png([[5, 0], [1, 4]], ['cat', 'dog'], 'x');"
         "assert 'matplotlib' not in sys.modules; print(h, w)"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)

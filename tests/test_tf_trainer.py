@@ -1,4 +1,4 @@
-"""The TensorFlow trainer, run for real: `python -m runner.worker` on job folders built by jobhelp.
+"""The TensorFlow trainer, run for real: `python -m runner.train.worker` on job folders built by jobhelp.
 
 TensorFlow itself runs only in the worker subprocesses: importing torchvision after TensorFlow in
 one process crashes it, and other test modules import torchvision.
@@ -15,9 +15,9 @@ from jobhelp import kill_after_first_epoch, make_job, resume_and_check, run_work
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from runner.results import JobPaths, write_json
-from runner.trainers.common import TAGS
-from runner.weights import imagenet_path
+from runner.store.layout import JobPaths, write_json
+from runner.train.common import TAGS
+from runner.train.weights import imagenet_path
 from schemas import RunResult
 
 pytestmark = pytest.mark.tensorflow

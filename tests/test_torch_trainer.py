@@ -1,4 +1,4 @@
-"""The PyTorch trainer, run for real: `python -m runner.worker` on job folders built by jobhelp."""
+"""The PyTorch trainer, run for real: `python -m runner.train.worker` on job folders built by jobhelp."""
 
 import json
 import time
@@ -12,11 +12,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from runner.errors import UserError
-from runner.results import write_json
-from runner.trainers import torch_models
-from runner.trainers.common import TAGS
-from runner.trainers.torch_trainer import Pipeline, make_optimizer
-from runner.weights import imagenet_path
+from runner.store.layout import write_json
+from runner.train import torch_models
+from runner.train.common import TAGS
+from runner.train.torch_trainer import Pipeline, make_optimizer
+from runner.train.weights import imagenet_path
 from schemas import ModelSpec, RunResult, TrainSpec
 
 

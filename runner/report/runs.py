@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.errors import UserError
-from runner.results import JobPaths, SuitePaths
+from runner.store.layout import JobPaths, SuitePaths
 from schemas import JobSpec, RunResult, RunStatus, SpecFile, Substitution
 
 # The lead records a job the plan refused, or one that cannot run yet, as failed with this prefix.

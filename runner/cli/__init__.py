@@ -1,0 +1,43 @@
+"""The gridrun command line: a thin layer over suite, plan, prepare, schedule, store and report."""
+
+import signal
+import sys
+
+from runner.cli import images, remote, report, run
+from runner.cli.app import app, err
+from runner.errors import UserError
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console entry point: a user's mistake is one message and exit code 2, never a traceback."""
+    # A shell's background job starts with SIGINT ignored; gridrun must still stop cleanly on Ctrl-C.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for module in (run, images, report, remote):
+        module.register(app)
+    try:
+        # Outside standalone mode typer returns the code of typer.Exit (130 for Ctrl-C) instead of exiting.
+        code = app(standalone_mode=False)
+        if code == 130:
+            err.print("interrupted")
+        sys.exit(code if isinstance(code, int) else 0)
+    except UserError as e:
+        from rich.markup import escape  # a message may hold brackets: ray[default], a path, a list
+
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as e:  # click's usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(2 if e.exit_code == 1 else e.exit_code)
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        raise

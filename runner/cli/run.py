@@ -1,0 +1,302 @@
+"""The core verbs: validate, plan, run, status, schema."""
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from runner.cli.app import app, console, err
+from runner.errors import UserError
+from runner.plan import PlannedJob, disk, make_plan, plan_table
+from runner.prepare import default_cache
+from runner.report.live import LiveView
+from runner.schedule import cluster as ray_cluster
+from runner.store.layout import SuitePaths, read_json, write_json
+from runner.suite import LoadedSuite, load_suite
+from schemas import JobSpec, JobState, RunStatus, Suite
+
+SuiteArg = Annotated[Path, typer.Argument(help="Suite file, e.g. jobs/alexnet-challenge.yaml.")]
+ResultsOpt = Annotated[Path, typer.Option("--results", help="Results root folder.")]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--profile",
+        help="Profile to apply; 'none' for none. Default: the suite's cpu_profile when the cluster has no GPU.",
+    ),
+]
+ExecutorOpt = Annotated[str | None, typer.Option("--executor", help="auto, process or docker (default: each job's).")]
+AddressOpt = Annotated[
+    str | None, typer.Option("--address", help="Attach to a running Ray cluster (host:port, ray://host:port, auto).")
+]
+CacheOpt = Annotated[Path | None, typer.Option("--cache", help="Dataset and weights cache (default ~/.cache/gridrun).")]
+GpusOpt = Annotated[
+    float | None, typer.Option("--gpus", help="GPUs the embedded Ray declares (default: those it detects).")
+]
+CpusOpt = Annotated[int | None, typer.Option("--cpus", help="CPUs the embedded Ray declares (default: all).")]
+InsecureOpt = Annotated[
+    bool,
+    typer.Option("--insecure", help="Allow a cluster beyond this machine without a token (see README: unsafe)."),
+]
+
+
+def _check_executor(executor: str | None) -> None:
+    if executor is not None and executor not in ("auto", "process", "docker"):
+        raise UserError(f"--executor {executor!r} is not one of auto, process, docker. Fix: pick one of those.")
+
+
+def _pick_profile(loaded: LoadedSuite, asked: str | None, gpus: float) -> str | None:
+    if asked == "none":
+        return None
+    if asked is not None:
+        return asked
+    auto = loaded.suite.cpu_profile
+    if auto and gpus == 0:
+        console.print(
+            f"[bold yellow]The cluster has no GPU: using profile {auto!r}[/] (declared as the suite's "
+            "cpu_profile; --profile none to run without it)."
+        )
+        return auto
+    return None
+
+
+def _prepare_plan(
+    suite: Path,
+    results: Path,
+    profile: str | None,
+    executor: str | None,
+    address: str | None,
+    cache: Path | None,
+    gpus: float | None,
+    cpus: int | None,
+    force: bool,
+    download: bool,
+    insecure: bool = False,
+):
+    _check_executor(executor)
+    loaded = load_suite(suite)
+    if address is not None and (gpus is not None or cpus is not None):
+        raise UserError(
+            "--gpus and --cpus describe the embedded Ray; with --address the cluster has its own. Fix: drop them."
+        )
+    cluster = ray_cluster.connect(address, num_gpus=gpus, num_cpus=cpus, insecure=insecure)
+    console.print(cluster.describe(), highlight=False)
+    chosen = _pick_profile(loaded, profile, cluster.gpus)
+    specs = loaded.jobs(chosen)
+    plan = make_plan(
+        loaded,
+        specs,
+        cluster.nodes,
+        results,
+        cache or default_cache(),
+        executor,
+        force,
+        download,
+        say=lambda m: console.print(f"[bold yellow]{m}[/]", highlight=False),
+    )
+    for p in plan:
+        if p.executor.name == "process" and p.requested_executor == "auto":
+            console.print(
+                f"[yellow]SUBSTITUTE job {p.spec.name}: process executor stands in for docker ({p.executor.reason})[/]",
+                highlight=False,
+            )
+    console.print(plan_table(plan, f"plan of {loaded.name}" + (f" (profile {chosen})" if chosen else "")))
+    line, short = disk.check([p.spec for p in plan if p.action == "run"], results)
+    if line:
+        console.print(f"[bold yellow]{line}[/]" if short else line, highlight=False)
+    return loaded, chosen, plan
+
+
+@app.command()
+def validate(suites: Annotated[list[Path], typer.Argument(help="Suite files.")]) -> None:
+    """Check suite files: YAML, keys, types, values, names; every profile expanded."""
+    for path in suites:
+        loaded = load_suite(path)
+        profiles = ", ".join(loaded.suite.profiles) or "none"
+        console.print(f"[green]ok[/] {path}: suite {loaded.name!r}, {len(loaded.jobs())} job(s), profiles: {profiles}")
+
+
+@app.command()
+def plan(
+    suite: SuiteArg,
+    results: ResultsOpt = Path("results"),
+    profile: ProfileOpt = None,
+    executor: ExecutorOpt = None,
+    address: AddressOpt = None,
+    cache: CacheOpt = None,
+    gpus: GpusOpt = None,
+    cpus: CpusOpt = None,
+    force: Annotated[bool, typer.Option("--force")] = False,
+    insecure: InsecureOpt = False,
+) -> None:
+    """Show what `run` would do: each job's resources, executor, and run or skip with why."""
+    try:
+        _prepare_plan(
+            suite, results, profile, executor, address, cache, gpus, cpus, force, download=False, insecure=insecure
+        )
+    finally:
+        ray_cluster.shutdown()
+
+
+@app.command()
+def run(
+    suite: SuiteArg,
+    results: ResultsOpt = Path("results"),
+    profile: ProfileOpt = None,
+    executor: ExecutorOpt = None,
+    address: AddressOpt = None,
+    cache: CacheOpt = None,
+    gpus: GpusOpt = None,
+    cpus: CpusOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Re-run jobs already done with the same spec.")] = False,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report at the end.")] = True,
+    insecure: InsecureOpt = False,
+) -> None:
+    """Run a suite on Ray: prepare inputs, schedule every job, gather results, write the report."""
+    from runner.schedule.driver import Driver
+
+    try:
+        loaded, chosen, planned = _prepare_plan(
+            suite, results, profile, executor, address, cache, gpus, cpus, force, download=True, insecure=insecure
+        )
+        if any(p.executor.name == "docker" for p in planned):
+            from runner.execute.docker import cleanup_stale
+
+            removed = cleanup_stale()
+            if removed:
+                console.print(f"removed {removed} container(s) left by an earlier crashed run")
+        driver = Driver(loaded.name, loaded.text, chosen, results, cache or default_cache(), LiveView(console))
+        finals = driver.run(planned)
+    finally:
+        ray_cluster.shutdown()
+    suite_paths = SuitePaths.of(results, loaded.name)
+    _write_summary(suite_paths, loaded, chosen, planned, finals)
+    if report:
+        _report(suite_paths)
+    console.print(status_table([suite_paths.dir]))
+    if driver.lost is not None:  # one message: what happened, what is in the results, how to go on
+        raise driver.lost
+    failed = [n for n, s in finals.items() if s.state not in (JobState.SUCCEEDED, JobState.SKIPPED)]
+    if failed:
+        err.print(f"[red]{len(failed)} of {len(finals)} job(s) did not succeed:[/] {', '.join(failed)}")
+        raise typer.Exit(1)
+    console.print(f"[green]all {len(finals)} job(s) done[/]; results in {suite_paths.dir}")
+
+
+def _report(suite_paths: SuitePaths) -> None:
+    from runner.report import write_report
+
+    try:
+        written = write_report(suite_paths.dir)
+    except Exception as e:  # the runs are done and recorded; a report problem must not hide that
+        err.print(f"[yellow]report not written: {type(e).__name__}: {e}[/]. Try `gridrun report {suite_paths.dir}`.")
+        return
+    for path in written:
+        if path.suffix in (".md", ".html"):
+            console.print(f"report: {path}")
+
+
+def _write_summary(
+    suite_paths: SuitePaths,
+    loaded: LoadedSuite,
+    profile: str | None,
+    planned: list[PlannedJob],
+    finals: dict[str, RunStatus],
+) -> None:
+    jobs = []
+    for p in planned:
+        result = p.paths.read_result()
+        status = finals.get(p.spec.name)
+        jobs.append(
+            {
+                "job": p.spec.name,
+                "state": status.state.value if status else "unknown",
+                "reason": status.reason if status else "",
+                "spec_hash": p.spec_hash,
+                "executor": p.executor.name,
+                "substitutions": [s.model_dump() for s in p.substitutions],
+                "final_test_accuracy": result.final_test_accuracy if result else None,
+                "best_test_accuracy": result.best_test_accuracy if result else None,
+                "wall_seconds": result.timing.total_seconds if result else None,
+            }
+        )
+    write_json(
+        suite_paths.summary, {"suite": loaded.name, "profile": profile, "source": str(loaded.path), "jobs": jobs}
+    )
+
+
+def status_table(suite_dirs: list[Path]) -> Table:
+    """A table of every job under the given suite folders, read from their files."""
+    table = Table(title="status", title_justify="left")
+    for col in ("suite/job", "state", "attempts", "epochs", "test acc", "best (epoch)", "time", "reason"):
+        table.add_column(col, overflow="fold")
+    for suite_dir in suite_dirs:
+        for paths in SuitePaths(suite_dir).jobs():
+            status = paths.read_status()
+            result = paths.read_result()
+            progress = read_json(paths.progress) or {}
+            state = status.state.value if status else "unknown"
+            done = len(result.epochs) if result else progress.get("epoch", 0)
+            total = result.spec.train.epochs if result else progress.get("epochs", "?")
+            table.add_row(
+                f"{suite_dir.name}/{paths.dir.name}",
+                state,
+                str(status.attempts) if status else "",
+                f"{done}/{total}",
+                f"{result.final_test_accuracy:.2%}" if result else "",
+                f"{result.best_test_accuracy:.2%} ({result.best_epoch})" if result else "",
+                f"{result.timing.total_seconds:.0f}s" if result else "",
+                status.reason if status else "",
+            )
+    return table
+
+
+@app.command()
+def status(
+    results: Annotated[Path, typer.Argument(help="Results root, or one suite's folder.")] = Path("results"),
+) -> None:
+    """Show the state of every job, read from the results folder."""
+    if not results.is_dir():
+        raise UserError(
+            f"{results} is not a folder. Fix: give the results root (default ./results) or a suite folder inside it."
+        )
+    if SuitePaths(results).jobs():
+        suites = [results]
+    else:
+        suites = [d for d in sorted(results.iterdir()) if d.is_dir() and SuitePaths(d).jobs()]
+    if not suites:
+        raise UserError(f"{results} holds no runs yet. Fix: run a suite first (`gridrun run jobs/smoke.yaml`).")
+    console.print(status_table(suites))
+
+
+def _partial(schema: dict[str, Any]) -> dict[str, Any]:
+    """The same schema with nothing required: defaults, profiles and jobs are partial job specs."""
+    out = {k: (_partial(v) if isinstance(v, dict) else v) for k, v in schema.items() if k != "required"}
+    if "$defs" in out:
+        out["$defs"] = {k: _partial(v) for k, v in schema["$defs"].items()}
+    return out
+
+
+def suite_json_schema() -> dict[str, Any]:
+    """JSON Schema of a suite file, with job fields typed, for editor completion."""
+    schema = Suite.model_json_schema()
+    job = _partial(JobSpec.model_json_schema())
+    defs = {**schema.get("$defs", {}), **job.pop("$defs", {}), "PartialJob": job}
+    schema["$defs"] = defs
+    ref = {"$ref": "#/$defs/PartialJob"}
+    props = schema["properties"]
+    props["defaults"] = {**ref, "description": props["defaults"]["description"]}
+    props["jobs"] = {"type": "array", "items": ref, "description": props["jobs"]["description"]}
+    props["profiles"] = {"type": "object", "additionalProperties": ref, "description": props["profiles"]["description"]}
+    return schema
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of suite files (for editor completion)."""
+    print(json.dumps(suite_json_schema(), indent=2))
+
+
+def register(_app: typer.Typer) -> None:
+    """Commands are registered on import (they decorate the shared app)."""

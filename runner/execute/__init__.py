@@ -1,0 +1,49 @@
+"""Executors: `process` (the host's Python) and `docker` (the framework's image), and `auto`."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from runner.errors import UserError
+from runner.execute.base import Executor, Launch, Outcome
+from schemas import JobSpec
+
+__all__ = ["Choice", "Executor", "Launch", "Outcome", "choose", "get"]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Which executor a job runs with, the image when docker, and why."""
+
+    name: str
+    reason: str
+    image: str = ""
+
+
+def choose(requested: str, spec: JobSpec, build: bool = False, say: Callable[[str], None] = print) -> Choice:
+    """Resolve auto / process / docker for one job. `docker` that cannot work is a UserError. With
+    `build` (a run, not a plan), a framework image that is missing or out of date is built first."""
+    if requested == "process":
+        return Choice("process", "asked for")
+    from runner.execute import docker
+
+    ok, why = docker.probe(spec, build, say)
+    if ok:
+        return Choice("docker", "asked for" if requested == "docker" else why, docker.image_for(spec))
+    if requested == "docker" or spec.image:  # a job's own image must be usable: no silent fallback
+        asks = "the docker executor" if requested == "docker" else f"its own image {spec.image}"
+        raise UserError(
+            f"job {spec.name!r} asks for {asks}, but {why}. "
+            "Fix: start the Docker daemon and build the images (`make images`), or use --executor process."
+        )
+    return Choice("process", why)
+
+
+def get(name: str) -> Executor:
+    """An executor by name."""
+    if name == "docker":
+        from runner.execute.docker import DockerExecutor
+
+        return DockerExecutor()
+    from runner.execute.process import ProcessExecutor
+
+    return ProcessExecutor()

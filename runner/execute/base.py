@@ -1,0 +1,72 @@
+"""The executor seam: how one run's worker is started, watched and stopped."""
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from runner.store.layout import JobPaths
+from schemas import SpecFile
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Everything an executor needs to start one run."""
+
+    paths: JobPaths
+    cache: Path
+    spec_file: SpecFile
+    run_id: str
+    gpu_ids: list[str] = field(default_factory=list)
+
+    @property
+    def gpu_fraction(self) -> float:
+        gpus = self.spec_file.spec.resources.gpus
+        return gpus if 0 < gpus < 1 else 1.0
+
+    @property
+    def timeout_s(self) -> float | None:
+        minutes = self.spec_file.spec.resources.timeout_minutes
+        return minutes * 60 if minutes else None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a worker ended: its exit code, and a reason when it failed."""
+
+    exit_code: int
+    reason: str = ""
+
+
+def worker_command(python: str, job_dir: Path | str, cache: Path | str) -> list[str]:
+    """The worker's command line, as an argument list (never a shell string)."""
+    return [python, "-m", "runner.train.worker", str(job_dir), "--cache", str(cache)]
+
+
+def worker_env(launch: Launch, executor: str) -> dict[str, str]:
+    """Variables the worker reads: its GPUs (exactly those the scheduler assigned) and its executor."""
+    return {
+        "CUDA_VISIBLE_DEVICES": ",".join(launch.gpu_ids),
+        "GRIDRUN_GPU_FRACTION": f"{launch.gpu_fraction:g}",
+        "GRIDRUN_EXECUTOR": executor,
+        "GRIDRUN_RUN_ID": launch.run_id,
+        "PYTHONUNBUFFERED": "1",
+        # Keep each run's CPU threads within what it reserved.
+        "OMP_NUM_THREADS": str(max(1, int(launch.spec_file.spec.resources.cpus))),
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+    }
+
+
+class Executor(ABC):
+    """Runs `python -m runner.train.worker <job folder>` somewhere and waits for it."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def run(self, launch: Launch) -> Outcome:
+        """Start the worker, stream its output into log.txt, wait, and return how it ended.
+
+        On KeyboardInterrupt (Ray's cancel) or a timeout, stop the worker and everything it
+        started, then re-raise or return a failed Outcome.
+        """

@@ -1,0 +1,67 @@
+"""Executor `process`: the worker as a child process with the host's Python."""
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+
+from runner.execute.base import Executor, Launch, Outcome, worker_command, worker_env
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL if the Ray worker that started us dies, so no run is orphaned."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: a cancel still kills the process group
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM the worker's whole process group, then SIGKILL what is left."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+class ProcessExecutor(Executor):
+    """Runs the worker on this node; its output streams into log.txt."""
+
+    name = "process"
+
+    def run(self, launch: Launch) -> Outcome:
+        cmd = worker_command(sys.executable, launch.paths.dir, launch.cache)
+        # The training code has no use for the cluster's token: it must not be able to print it into a log.
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")},
+            **worker_env(launch, self.name),
+        }
+        launch.paths.dir.mkdir(parents=True, exist_ok=True)
+        with open(launch.paths.log, "ab", buffering=0) as log:
+            log.write(f"$ {' '.join(cmd)}\n".encode())
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # its own process group, so a cancel reaches its children
+                preexec_fn=_die_with_parent,
+            )
+            try:
+                code = proc.wait(timeout=launch.timeout_s)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                return Outcome(124, f"timed out after {launch.timeout_s / 60:g} minutes (resources.timeout_minutes)")
+            except BaseException:  # Ray's cancel arrives as KeyboardInterrupt
+                _kill_group(proc)
+                raise
+        return Outcome(code, "" if code == 0 else f"worker exited with code {code}")

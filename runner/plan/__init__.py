@@ -1,0 +1,179 @@
+"""The plan: for each job, where it can run, with what executor, and whether it runs or is skipped.
+
+A job that no node can ever fit is refused here, before anything starts: Ray alone would wait forever.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.table import Table
+
+from runner import __version__
+from runner.errors import UserError
+from runner.execute import Choice, choose
+from runner.plan.nodes import Node
+from runner.prepare import Prepared, Preparer
+from runner.store.layout import JobPaths, SuitePaths
+from runner.suite import LoadedSuite
+from schemas import JobSpec, JobState, Substitution
+
+
+@dataclass
+class PlannedJob:
+    """One job of the plan."""
+
+    declared: JobSpec
+    prepared: Prepared
+    executor: Choice
+    requested_executor: str
+    spec_hash: str
+    action: str  # run, skip or fail
+    why: str
+    paths: JobPaths
+
+    @property
+    def spec(self) -> JobSpec:
+        return self.prepared.spec
+
+    @property
+    def substitutions(self) -> list[Substitution]:
+        subs = list(self.prepared.substitutions)
+        if self.requested_executor == "auto" and self.executor.name == "process":
+            subs.append(Substitution(kind="executor", wanted="docker", used="process", reason=self.executor.reason))
+        return subs
+
+
+def labels_match(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    """Whether node `labels` satisfy a Ray label selector: 'v', '!v', 'in(a,b)', '!in(a,b)' per key."""
+    for key, want in selector.items():
+        negate = want.startswith("!")
+        want = want.removeprefix("!")
+        allowed = set(want[3:-1].split(",")) if want.startswith("in(") else {want}
+        if (labels.get(key) in allowed) == negate:
+            return False
+    return True
+
+
+def _fits(res, n: Node) -> bool:
+    return (
+        n.gpus >= res.gpus
+        and n.cpus >= res.cpus
+        and (res.memory_gb is None or n.memory_gb >= res.memory_gb)
+        and all(n.resources.get(name, 0.0) >= amount for name, amount in res.custom.items())
+        and labels_match(res.labels, n.labels)
+    )
+
+
+def placement(spec: JobSpec) -> str:
+    """The custom resources and node labels a job asks for, in words ('' when none)."""
+    res = spec.resources
+    parts = [f"{name}: {amount:g}" for name, amount in res.custom.items()]
+    parts += [f"{key}={value}" for key, value in res.labels.items()]
+    return ", ".join(parts)
+
+
+def fit_problem(spec: JobSpec, nodes: list[Node]) -> str:
+    """'' when some node can hold the job, else why none can."""
+    res = spec.resources
+    if any(_fits(res, n) for n in nodes):
+        return ""
+    best_gpu = max((n.gpus for n in nodes), default=0)
+    best_cpu = max((n.cpus for n in nodes), default=0)
+    needs = f"{res.gpus:g} GPU(s) and {res.cpus:g} CPU(s)" + (f" and {res.memory_gb:g} GiB" if res.memory_gb else "")
+    if not res.custom and not res.labels:
+        return f"needs {needs}; the largest node has {best_gpu:g} GPU(s) and {best_cpu:g} CPU(s)"
+    offered = "; ".join(
+        f"{n.host or n.node_id[:8]}: {n.gpus:g} GPU, {n.cpus:g} CPU"
+        + "".join(f", {k}: {v:g}" for k, v in sorted(n.resources.items()) if k in res.custom)
+        + "".join(f", {k}={v}" for k, v in sorted(n.labels.items()) if k in res.labels)
+        for n in nodes
+    )
+    return f"needs {needs} on a node with {placement(spec)}; the nodes offer: {offered or 'none'}"
+
+
+def make_plan(
+    loaded: LoadedSuite,
+    specs: list[JobSpec],
+    nodes: list[Node],
+    results: Path,
+    cache: Path,
+    executor: str | None = None,
+    force: bool = False,
+    download: bool = True,
+    say=print,
+) -> list[PlannedJob]:
+    """Check fit, choose executors, prepare inputs, and decide run or skip for each job."""
+    refused = [(s.name, p) for s in specs if (p := fit_problem(s, nodes))]
+    if refused:
+        lines = "\n  ".join(f"{name}: {problem}" for name, problem in refused)
+        raise UserError(
+            f"{loaded.path}: {len(refused)} job(s) cannot fit on any node of the cluster:\n  {lines}\n"
+            "Fix: lower resources.gpus / resources.cpus, change resources.custom / resources.labels, pick a profile "
+            "that fits (--profile cpu), or attach a larger cluster with --address."
+        )
+    choices = [choose(executor or s.executor, s, build=download, say=say) for s in specs]
+    preparer = Preparer(cache, download=download, say=say)
+    suite_paths = SuitePaths.of(results, loaded.name)
+    plan = []
+    for spec, choice in zip(specs, choices, strict=True):
+        prepared = preparer.prepare(spec)
+        digest = prepared.spec.digest(choice.image, __version__)
+        paths = suite_paths.job(spec.name)
+        action, why = _decide(paths, digest, prepared, force)
+        plan.append(PlannedJob(spec, prepared, choice, executor or spec.executor, digest, action, why, paths))
+    return plan
+
+
+def _decide(paths: JobPaths, digest: str, prepared: Prepared, force: bool) -> tuple[str, str]:
+    if prepared.missing:
+        return "fail", f"missing input: {prepared.missing}"
+    status = paths.read_status()
+    if status is None:
+        return "run", "new"
+    same = status.spec_hash == digest
+    if status.state in (JobState.SUCCEEDED, JobState.SKIPPED) and same and paths.read_result() is not None:
+        return ("run", "forced (--force)") if force else ("skip", f"done with the same spec ({digest})")
+    if not same:
+        return "run", "spec changed"
+    return "run", f"resume after {status.state.value}"
+
+
+def plan_table(plan: list[PlannedJob], title: str) -> Table:
+    """The plan as a table: what runs where, and why."""
+    table = Table(title=title, title_justify="left")
+    for col in (
+        "job",
+        "framework",
+        "model",
+        "weights",
+        "epochs",
+        "data",
+        "resources",
+        "executor",
+        "action",
+        "substitutes",
+    ):
+        table.add_column(col, overflow="fold")
+    for p in plan:
+        s = p.spec
+        weights = s.model.weights if s.model.weights in ("none", "imagenet") else Path(s.model.weights).name
+        if s.model.freeze_backbone:
+            weights += " (frozen)"
+        subs = "\n".join(f"[yellow]{x.kind}: {x.used} for {x.wanted}[/]" for x in p.substitutions)
+        res = f"{s.resources.gpus:g} GPU, {s.resources.cpus:g} CPU"
+        if placement(s):
+            res += f"\n[magenta]on {placement(s)}[/]"
+        colour = {"run": "green", "skip": "cyan", "fail": "red"}[p.action]
+        table.add_row(
+            s.name,
+            s.framework,
+            s.model.arch + (f" w{s.model.classifier_width}" if s.model.classifier_width else ""),
+            weights,
+            str(s.train.epochs),
+            f"{s.dataset.name} {s.dataset.image_size}px",
+            res,
+            f"{p.executor.name}\n[dim]{p.executor.reason}[/]",
+            f"[{colour}]{p.action}[/]\n[dim]{p.why}[/]",
+            subs,
+        )
+    return table

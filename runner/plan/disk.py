@@ -1,0 +1,98 @@
+"""How much disk a plan's checkpoints take, against what the results disk has free.
+
+A checkpoint is float32: `last` holds every parameter plus the optimizer's state for each trainable
+one (Adam keeps two slots, SGD with momentum one), `best` the parameters alone; while `last` is
+rewritten its old copy still exists. Both frameworks build the same models with the same counts, so
+the count comes from the PyTorch model, built on the meta device (no memory, no weights).
+"""
+
+import shutil
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+from schemas import JobSpec
+
+FLOAT_BYTES = 4
+
+
+@dataclass(frozen=True)
+class Need:
+    """The disk one job's checkpoints take at most."""
+
+    job: str
+    last: int
+    best: int
+
+    @property
+    def total(self) -> int:
+        return self.last + self.best
+
+
+def _classes(spec: JobSpec) -> int:
+    ds = spec.dataset
+    if ds.name == "imagefolder" and ds.path and Path(ds.path).expanduser().is_dir():
+        return max(1, sum(1 for p in Path(ds.path).expanduser().iterdir() if p.is_dir()))
+    return 10
+
+
+@cache
+def _counts(model_json: str, classes: int) -> tuple[int, int]:
+    """(total, trainable) parameters of a model spec; ImportError without PyTorch."""
+    import torch
+
+    from runner.train import torch_models
+    from schemas import ModelSpec
+
+    model_spec = ModelSpec.model_validate_json(model_json)
+    with torch.device("meta"):
+        model = torch_models.build(model_spec, classes)
+    if model_spec.freeze_backbone:
+        torch_models.freeze_backbone(model, model_spec.arch)
+    trainable, total = torch_models.parameter_counts(model)
+    return total, trainable
+
+
+def need(spec: JobSpec) -> Need:
+    """The checkpoint bytes of one job (upper bound: BatchNorm buffers and metadata are left out)."""
+    total, trainable = _counts(spec.model.model_dump_json(), _classes(spec))
+    opt = spec.train.optimizer
+    slots = 2 if opt.name in ("adam", "adamw") else (1 if opt.momentum > 0 else 0)
+    return Need(spec.name, FLOAT_BYTES * (total + slots * trainable), FLOAT_BYTES * total)
+
+
+def free_bytes(folder: Path) -> int:
+    """Free bytes on the disk that holds `folder` (or will: its nearest existing parent)."""
+    folder = Path(folder).resolve()
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def check(specs: list[JobSpec], results: Path) -> tuple[str, bool]:
+    """A line for the plan (the checkpoints' size against the free space) and whether it is a warning."""
+    if not specs:
+        return "", False
+    try:
+        needs = [need(s) for s in specs]
+    except ImportError:  # a host without PyTorch cannot count; the run still says so on a full disk
+        return "", False
+    # Every job keeps its last and best; one rewrite of `last` at a time needs room for a second copy.
+    total = sum(n.total for n in needs) + max(n.last for n in needs)
+    free = free_bytes(results)
+    line = (
+        f"checkpoints: the {len(needs)} job(s) to run write up to {_gb(total)} "
+        f"(largest: {max(needs, key=lambda n: n.total).job}, {_gb(max(n.total for n in needs))}); "
+        f"{_gb(free)} free under {results}"
+    )
+    if total <= free:
+        return line, False
+    return (
+        line + ". Not enough: a job stops with a full-disk message when the space runs out. "
+        "Fix: free space there, or give --results a folder on a bigger disk.",
+        True,
+    )
+
+
+def _gb(n: int) -> str:
+    return f"{n / 2**30:.2f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"

@@ -1,0 +1,254 @@
+"""A suite as a Ray Job: submit it through the Jobs API, list, follow, stop, and bring its results back.
+
+The suite file and gridrun's own code travel in the job's runtime_env (working_dir), so the cluster needs
+only the libraries. The job's driver runs `gridrun run --address auto` on the cluster and keeps the results
+on that node (~/gridrun-results/<submission id> unless told otherwise) until `gridrun fetch` brings them,
+through Ray, into a folder here. Every request carries Ray's token; it is never printed, and never put into
+the job's runtime_env or metadata, which anyone who may list jobs can read.
+"""
+
+import logging
+import secrets
+import shlex
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from runner import __version__
+from runner.errors import UserError
+from runner.schedule import cluster as ray_cluster
+from runner.suite import load_suite
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+REMOTE_RESULTS = "~/gridrun-results"
+FINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+# Ray Jobs sends this to the job's driver on `gridrun cancel`: it is Ctrl-C for gridrun, which then
+# cancels every job and marks it cancelled, within the wait below.
+STOP_ENV = {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": "60"}
+CODE_PACKAGES = ("runner", "schemas")
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One Ray Job as `gridrun jobs` shows it."""
+
+    id: str
+    status: str
+    suite: str
+    results: str  # where its results are on the node that ran it ('' when not sent by gridrun)
+    started: float | None
+    ended: float | None
+    message: str
+    node_id: str
+
+
+def same_release(theirs: str, ours: str) -> bool:
+    """Same major.minor Ray release: the submitted driver runs on the cluster's Ray with this gridrun's code."""
+    return theirs.split(".")[:2] == ours.split(".")[:2]
+
+
+class JobsApi:
+    """The Ray Jobs API of one cluster (its dashboard address), with the token on every request."""
+
+    def __init__(self, address: str, insecure: bool = False) -> None:
+        url = urlparse(address)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise UserError(
+                f"--address {address!r} is not the cluster's Jobs API address. "
+                f"Fix: give the head's dashboard address, e.g. --address http://head:8265 (default {DEFAULT_ADDRESS})."
+            )
+        self.address = address.rstrip("/")
+        logging.getLogger("ray").setLevel(logging.WARNING)  # not Ray's "uploading package" chatter
+        token = ray_cluster.auth_token()
+        ray_cluster.require_token(address, url.hostname, token, insecure)
+        ray_cluster.check_reachable(
+            address,
+            url.hostname,
+            url.port or (443 if url.scheme == "https" else 80),
+            fix="check the address and that the head runs its dashboard there (`ray start --head` serves it on 8265)",
+        )
+        self._token = token
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.ray_version = self._check_version()
+        from ray.job_submission import JobSubmissionClient
+
+        with self._errors():
+            self.client = JobSubmissionClient(self.address, headers=dict(self._headers))
+
+    def _check_version(self) -> str:
+        """Ask the dashboard its Ray version (with the token): a refused token or another Ray release ends here."""
+        import ray
+        import requests
+
+        try:
+            r = requests.get(f"{self.address}/api/version", headers=self._headers, timeout=15)
+        except requests.RequestException as e:
+            raise UserError(f"cannot reach the Ray Jobs API at {self.address} ({type(e).__name__}).") from None
+        if r.status_code in (401, 403):
+            raise ray_cluster.token_refused(self.address, self._token)
+        if r.status_code != 200:
+            raise UserError(
+                f"{self.address} answered {r.status_code} for /api/version: it is not a Ray dashboard with the Jobs "
+                "API. Fix: give the head's dashboard address (port 8265 unless changed)."
+            )
+        theirs = r.json().get("ray_version", "unknown")
+        if not same_release(theirs, ray.__version__):
+            raise UserError(
+                f"the Ray cluster at {self.address} runs Ray {theirs}; this gridrun uses Ray {ray.__version__}, and "
+                "its jobs need the same Ray release on the cluster. Fix: run Ray "
+                f"{'.'.join(ray.__version__.split('.')[:2])}.x on the cluster, or use gridrun from an environment with "
+                f"`pip install 'ray[default]=={theirs}'`."
+            )
+        return theirs
+
+    @contextmanager
+    def _errors(self, job_id: str | None = None) -> Iterator[None]:
+        """Ray's SDK errors as one clear message."""
+        import ray
+
+        try:
+            yield
+        except ray.exceptions.AuthenticationError:
+            raise ray_cluster.token_refused(self.address, self._token) from None
+        except (RuntimeError, ConnectionError, ValueError) as e:
+            text = str(e)
+            if job_id and ("does not exist" in text or "404" in text):
+                raise UserError(
+                    f"there is no job {job_id!r} on the Ray cluster at {self.address}. "
+                    f"Fix: `gridrun jobs --address {self.address}` lists them."
+                ) from None
+            raise UserError(f"the Ray Jobs API at {self.address} failed: {text.splitlines()[0][:300]}") from None
+
+    # --- submit ----------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        suite: Path,
+        remote_results: str = REMOTE_RESULTS,
+        profile: str | None = None,
+        executor: str | None = None,
+        force: bool = False,
+    ) -> tuple[str, str]:
+        """Send the suite as a Ray Job; its submission id and where its results will be on the cluster."""
+        loaded = load_suite(suite)  # a mistake in the suite is reported here, before anything is sent
+        sid = f"gridrun-{loaded.name}-{secrets.token_hex(4)}"
+        results = f"{remote_results.rstrip('/')}/{sid}"
+        args = ["run", f"suite/{suite.name}", "--address", "auto"]
+        args += ["--profile", profile] if profile else []
+        args += ["--executor", executor] if executor else []
+        args += ["--force"] if force else []
+        entrypoint = f"python -m runner {shlex.join(args)} --results {_shell_path(results)}"
+        with tempfile.TemporaryDirectory(prefix="gridrun-submit-") as stage:
+            _stage(Path(stage), suite)
+            with self._errors():
+                self.client.submit_job(
+                    entrypoint=entrypoint,
+                    submission_id=sid,
+                    runtime_env={
+                        "working_dir": stage,
+                        "env_vars": {**STOP_ENV, "PYTHONUNBUFFERED": "1", "GRIDRUN_SUBMISSION": sid},
+                    },
+                    metadata={"gridrun": __version__, "suite": loaded.name, "results": results},
+                )
+        return sid, results
+
+    # --- the others ------------------------------------------------------------------------------
+
+    def jobs(self) -> list[Submission]:
+        with self._errors():
+            details = self.client.list_jobs()
+        return sorted((_submission(d) for d in details), key=lambda s: s.started or 0)
+
+    def get(self, job_id: str) -> Submission:
+        with self._errors(job_id):
+            return _submission(self.client.get_job_info(job_id))
+
+    def logs(self, job_id: str) -> str:
+        with self._errors(job_id):
+            return self.client.get_job_logs(job_id)
+
+    def follow(self, job_id: str, write: Callable[[str], None], poll_s: float = 1.0) -> Submission:
+        """Write the job's log as it grows, until it ends; its final state."""
+        shown = 0
+        while True:
+            sub = self.get(job_id)
+            text = self.logs(job_id)
+            if len(text) > shown:
+                write(text[shown:])
+                shown = len(text)
+            if sub.status in FINAL:
+                return sub
+            time.sleep(poll_s)
+
+    def cancel(self, job_id: str) -> bool:
+        """Ask the job to stop (its jobs end as cancelled); False when it had already ended."""
+        self.get(job_id)
+        with self._errors(job_id):
+            return self.client.stop_job(job_id)
+
+
+def _submission(d: Any) -> Submission:
+    meta = d.metadata or {}
+    return Submission(
+        id=d.submission_id or d.job_id or "",
+        status=str(getattr(d.status, "value", d.status)),
+        suite=meta.get("suite", ""),
+        results=meta.get("results", "") if "gridrun" in meta else "",
+        started=d.start_time / 1000 if d.start_time else None,
+        ended=d.end_time / 1000 if d.end_time else None,
+        message=(d.message or "").splitlines()[0][:200] if d.message else "",
+        node_id=d.driver_node_id or "",
+    )
+
+
+def _shell_path(path: str) -> str:
+    """A path for the job's shell command: ~ expands to the home of the user Ray runs as."""
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def _stage(stage: Path, suite: Path) -> None:
+    """The job's working_dir: gridrun's packages and the suite file, nothing else of this machine."""
+    import runner
+
+    root = Path(runner.__file__).resolve().parent.parent
+    for package in CODE_PACKAGES:
+        shutil.copytree(root / package, stage / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (stage / "suite").mkdir()
+    shutil.copy2(suite, stage / "suite" / suite.name)
+
+
+def fetch(api: JobsApi, job_id: str, dest: Path, ray_address: str | None, insecure: bool, say=print) -> tuple[int, int]:
+    """Copy a submission's results folder from the node that ran it into `dest`; (files, bytes)."""
+    from runner.schedule import transfer
+
+    sub = api.get(job_id)
+    if not sub.results:
+        raise UserError(
+            f"job {job_id} was not sent by `gridrun submit`: it has no gridrun results folder. "
+            f"Fix: `gridrun jobs --address {api.address}` shows which jobs are gridrun's (a suite name)."
+        )
+    if not sub.node_id:
+        raise UserError(f"job {job_id} has not started yet ({sub.status}). Fix: try again once it runs.")
+    if sub.status not in FINAL:
+        say(f"job {job_id} is still {sub.status}: fetching what is there so far")
+    host = urlparse(api.address).hostname
+    address = ray_address or f"ray://{host}:{ray_cluster.CLIENT_PORT}"
+    ray_cluster.connect(address, insecure=insecure)
+    try:
+        receiver = transfer.fetch_folder(sub.node_id, sub.results, dest, say=say)
+    finally:
+        ray_cluster.shutdown()
+    if receiver is None:
+        raise UserError(
+            f"the node that ran job {job_id} has no folder {sub.results}: the job ended before writing results, or "
+            f"the folder was removed. Fix: `gridrun logs {job_id} --address {api.address}` says how it ended."
+        )
+    return receiver.files, receiver.bytes

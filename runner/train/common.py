@@ -1,0 +1,211 @@
+"""What both trainers share: the context they get, metric bookkeeping, TensorBoard tag names,
+progress lines and the assembly of result.json. Framework-neutral (numpy only)."""
+
+import os
+import platform
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runner.store.layout import JobPaths, write_json
+from runner.train.data import Splits
+from schemas import ClassAccuracy, Environment, EpochRecord, JobSpec, RunResult, SpecFile, Timing
+
+# TensorBoard scalar tags, the same in every framework so runs overlay in one chart.
+TAGS: dict[str, str] = {
+    "train_loss": "loss/train",
+    "train_accuracy": "accuracy/train",
+    "val_accuracy": "accuracy/val",
+    "test_accuracy": "accuracy/test",
+    "lr": "optim/lr",
+    "images_per_second": "speed/images_per_second",
+    "epoch_seconds": "speed/epoch_seconds",
+}
+
+# Normalisation of the torchvision ImageNet models, also used for every model trained from
+# scratch so that a PyTorch and a TensorFlow run see identical inputs.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def log(message: str) -> None:
+    """One progress line, flushed at once so log.txt follows the run live."""
+    print(message, flush=True)
+
+
+@dataclass
+class TrainContext:
+    """Everything a trainer needs; the worker builds it."""
+
+    spec_file: SpecFile
+    paths: JobPaths
+    cache: Path
+    splits: Splits
+    data_seconds: float
+    started: float = field(default_factory=time.perf_counter)
+    log: Callable[[str], None] = log
+
+    @property
+    def spec(self) -> JobSpec:
+        return self.spec_file.spec
+
+    @property
+    def gpu_fraction(self) -> float:
+        """Share of a GPU this job was given (1.0 when it has whole GPUs)."""
+        return float(os.environ.get("GRIDRUN_GPU_FRACTION", "1") or 1)
+
+
+@dataclass
+class History:
+    """Per-epoch records and the best epoch by validation accuracy. Saved inside checkpoints."""
+
+    epochs: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_accuracy: float = -1.0
+    best_test_accuracy: float = 0.0
+    resumed_from_epoch: int | None = None
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+
+    def add(self, record: EpochRecord) -> bool:
+        """Record an epoch; True when it is the new best."""
+        self.epochs.append(record)
+        if record.val_accuracy > self.best_val_accuracy:
+            self.best_epoch = record.epoch
+            self.best_val_accuracy = record.val_accuracy
+            self.best_test_accuracy = record.test_accuracy
+            return True
+        return False
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "epochs": [e.model_dump() for e in self.epochs],
+            "best_epoch": self.best_epoch,
+            "best_val_accuracy": self.best_val_accuracy,
+            "best_test_accuracy": self.best_test_accuracy,
+            "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> "History":
+        h = cls(**{k: v for k, v in state.items() if k != "epochs"})
+        h.epochs = [EpochRecord.model_validate(e) for e in state["epochs"]]
+        h.resumed_from_epoch = len(h.epochs) + 1
+        return h
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: int) -> np.ndarray:
+    """Rows: true class; columns: predicted class."""
+    cm = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    return cm
+
+
+def per_class_accuracy(cm: np.ndarray, names: list[str]) -> list[ClassAccuracy]:
+    support = cm.sum(axis=1)
+    return [
+        ClassAccuracy(name=n, accuracy=float(cm[i, i] / support[i]) if support[i] else 0.0, support=int(support[i]))
+        for i, n in enumerate(names)
+    ]
+
+
+def report_epoch(ctx: TrainContext, record: EpochRecord) -> None:
+    """A progress line in the log and progress.json for the live view."""
+    total = ctx.spec.train.epochs
+    ctx.log(
+        f"epoch {record.epoch}/{total}  loss {record.train_loss:.4f}  train {record.train_accuracy:.2%}  "
+        f"val {record.val_accuracy:.2%}  test {record.test_accuracy:.2%}  lr {record.lr:.3g}  "
+        f"{record.epoch_seconds:.1f}s  {record.images_per_second:,.0f} img/s"
+    )
+    write_json(ctx.paths.progress, {"epoch": record.epoch, "epochs": total, **record.model_dump()})
+
+
+def hparams(spec: JobSpec) -> dict[str, Any]:
+    """Flat hyper-parameters for TensorBoard's HParams view."""
+    return {
+        "framework": spec.framework,
+        "arch": spec.model.arch,
+        "weights": spec.model.weights,
+        "freeze_backbone": spec.model.freeze_backbone,
+        "classifier_width": spec.model.classifier_width or 0,
+        "dataset": spec.dataset.name,
+        "image_size": spec.dataset.image_size,
+        "epochs": spec.train.epochs,
+        "batch_size": spec.train.batch_size,
+        "optimizer": spec.train.optimizer.name,
+        "lr": spec.train.optimizer.lr,
+        "weight_decay": spec.train.optimizer.weight_decay,
+        "schedule": spec.train.schedule.name,
+        "label_smoothing": spec.train.label_smoothing,
+        "mixed_precision": spec.train.mixed_precision,
+    }
+
+
+def environment(
+    framework: str,
+    framework_version: str,
+    device: str,
+    device_name: str,
+    mixed_precision: bool,
+    libraries: dict[str, str],
+) -> Environment:
+    """Where the run executed; the executor passes its name and image through the environment."""
+    return Environment(
+        framework=framework,
+        framework_version=framework_version,
+        python_version=platform.python_version(),
+        device=device,
+        device_name=device_name,
+        mixed_precision="bf16" if mixed_precision else "off",
+        hostname=socket.gethostname(),
+        executor=os.environ.get("GRIDRUN_EXECUTOR", ""),
+        image=os.environ.get("GRIDRUN_IMAGE", ""),
+        image_digest=os.environ.get("GRIDRUN_IMAGE_DIGEST", ""),
+        libraries={"numpy": np.__version__, **libraries},
+    )
+
+
+def build_result(
+    ctx: TrainContext,
+    history: History,
+    cm: np.ndarray,
+    trainable: int,
+    total: int,
+    env: Environment,
+) -> RunResult:
+    """result.json from the history and the final evaluation."""
+    last = history.epochs[-1]
+    return RunResult(
+        suite=ctx.spec_file.suite,
+        job=ctx.spec_file.job,
+        spec_hash=ctx.spec_file.spec_hash,
+        spec=ctx.spec,
+        substitutions=ctx.spec_file.substitutions,
+        dataset_sizes=ctx.splits.sizes(),
+        class_names=ctx.splits.class_names,
+        epochs=history.epochs,
+        final_test_accuracy=last.test_accuracy,
+        final_val_accuracy=last.val_accuracy,
+        best_epoch=history.best_epoch,
+        best_val_accuracy=history.best_val_accuracy,
+        best_test_accuracy=history.best_test_accuracy,
+        per_class_accuracy=per_class_accuracy(cm, ctx.splits.class_names),
+        confusion_matrix=cm.tolist(),
+        trainable_parameters=trainable,
+        total_parameters=total,
+        timing=Timing(
+            data_seconds=ctx.data_seconds,
+            train_seconds=history.train_seconds,
+            eval_seconds=history.eval_seconds,
+            total_seconds=time.perf_counter() - ctx.started + ctx.data_seconds,
+        ),
+        images_per_second=float(np.mean([e.images_per_second for e in history.epochs])),
+        resumed_from_epoch=history.resumed_from_epoch,
+        environment=env,
+    )

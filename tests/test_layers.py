@@ -1,0 +1,109 @@
+"""The packages of runner/ follow the path of a job, and a lower layer never imports a higher one.
+
+Ranks, lowest first: a module may import gridrun modules of its own package or of a lower rank only.
+`train` (the worker) sees only the store and the schemas; the scheduler sees no framework; nothing but
+the CLI imports the CLI.
+"""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+RANKS = {
+    "schemas": 0,
+    "runner": 0,  # runner/__init__.py and runner/errors.py: the version and the error type
+    "runner.errors": 0,
+    "runner.store": 1,
+    "runner.suite": 1,
+    "runner.train": 2,
+    "runner.execute": 3,
+    "runner.prepare": 3,
+    "runner.report": 4,
+    "runner.plan": 4,
+    "runner.schedule": 5,
+    "runner.cli": 9,
+}
+FRAMEWORKS = ("torch", "torchvision", "tensorflow", "keras", "timm")
+
+
+def _package(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] == "schemas":
+        return "schemas"
+    if len(parts) == 1 or parts[1] in ("__init__", "__main__", "__version__"):
+        return "runner"
+    return ".".join(parts[:2])
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every gridrun import in a file, at module level or inside functions."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{a.name}" for a in node.names] if node.module == "runner" else [node.module]
+            out += [(node.lineno, n) for n in names]
+    return [(line, m) for line, m in out if m.split(".")[0] in ("runner", "schemas")]
+
+
+def layer_violations() -> list[str]:
+    problems = []
+    for path in sorted([*(ROOT / "runner").rglob("*.py"), *(ROOT / "schemas").rglob("*.py")]):
+        if path.name == "__main__.py":
+            continue
+        here = _package(_module_name(path))
+        if here not in RANKS:
+            problems.append(f"{path.relative_to(ROOT)}: package {here} has no rank in tests/test_layers.py")
+            continue
+        for line, target in _imports(path):
+            there = _package(target)
+            if there == here or there not in RANKS:
+                continue
+            if RANKS[there] >= RANKS[here] and there not in ("runner", "runner.errors"):
+                problems.append(f"{path.relative_to(ROOT)}:{line} ({here}) imports {target} ({there})")
+    return problems
+
+
+def test_no_layer_imports_a_higher_one() -> None:
+    assert layer_violations() == []
+
+
+def test_the_checker_sees_a_violation(tmp_path: Path) -> None:
+    """The checker itself works: a trainer importing the scheduler is caught."""
+    bad = ROOT / "runner" / "train" / "_layer_probe.py"
+    bad.write_text("from runner.schedule import driver\n")
+    try:
+        assert any("_layer_probe.py:1" in p and "runner.schedule" in p for p in layer_violations())
+    finally:
+        bad.unlink()
+
+
+def test_driver_side_imports_no_framework_and_no_ray_in_the_worker() -> None:
+    """Planning and scheduling import no framework; the worker imports neither Ray nor Docker."""
+    code = (
+        "import sys\n"
+        "import runner.cli, runner.schedule.driver, runner.plan, runner.prepare, runner.report\n"
+        f"bad = [m for m in {FRAMEWORKS!r} if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    code = (
+        "import sys\n"
+        "import runner.train.worker, runner.train.torch_trainer\n"
+        "bad = [m for m in ('ray', 'docker', 'typer') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
