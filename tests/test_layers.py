@@ -20,10 +20,10 @@ RANKS = {
     "runner.suite": 1,
     "runner.train": 2,
     "runner.execute": 3,
-    "runner.prepare": 3,
+    "runner.prepare": 4,
     "runner.report": 4,
-    "runner.plan": 4,
-    "runner.schedule": 5,
+    "runner.plan": 5,
+    "runner.schedule": 6,
     "runner.cli": 9,
 }
 FRAMEWORKS = ("torch", "torchvision", "tensorflow", "keras", "timm")

@@ -44,7 +44,11 @@ def register(app: typer.Typer) -> None:
         executor: Annotated[str | None, typer.Option("--executor", help="auto, process or docker.")] = None,
         force: Annotated[bool, typer.Option("--force", help="Re-run jobs already done.")] = False,
         remote_results: Annotated[
-            str, typer.Option("--remote-results", help="Results root on the cluster's driver node.")
+            str,
+            typer.Option(
+                "--remote-results",
+                help="Results root for the job's driver: a storage URL (s3://bucket/prefix) or a path on the cluster.",
+            ),
         ] = REMOTE_RESULTS,
     ) -> None:
         """Send a suite to a Ray cluster as a Ray Job; print its submission id."""
@@ -97,19 +101,13 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def fetch(
         job_id: IdArg,
-        results: Annotated[Path, typer.Option("--results", help="Local results root to copy into.")] = Path("results"),
+        results: Annotated[str, typer.Option("--results", help="Results root to copy into (path or URL).")] = "results",
         address: ApiOpt = DEFAULT_ADDRESS,
-        ray_address: Annotated[
-            str | None,
-            typer.Option("--ray-address", help="Ray Client address of the head (default ray://<head>:10001)."),
-        ] = None,
         insecure: InsecureOpt = False,
     ) -> None:
-        """Download a submitted suite's results folder into --results (through Ray, in pieces)."""
+        """Copy a submitted suite's results from where its driver wrote them into --results."""
         from runner.schedule.remote import fetch as fetch_results
 
         api = JobsApi(address, insecure)
-        files, size = fetch_results(
-            api, job_id, results, ray_address, insecure, say=lambda m: console.print(m, highlight=False)
-        )
+        files, size = fetch_results(api, job_id, results, say=lambda m: console.print(m, highlight=False))
         console.print(f"fetched {files} file(s), {size / 2**20:.1f} MiB, into {results}", highlight=False)

@@ -6,19 +6,24 @@ import typer
 
 
 def report(
-    suite_dir: Path = typer.Argument(..., help="A suite's results folder, e.g. results/smoke."),
+    suite_dir: str = typer.Argument(..., help="A suite's results folder, e.g. results/smoke or s3://bucket/x/smoke."),
 ) -> None:
     """Write report.md, report.html and plots/*.png into a suite's results folder."""
     from runner.cli.app import console
-    from runner.report import write_report
+    from runner.report import write_suite_report
+    from runner.report.runs import load_suite
+    from runner.store import ResultsStore
 
-    written = write_report(suite_dir)
+    load_suite(suite_dir)  # one clear message when it is not a suite's folder
+    suite = ResultsStore.open(suite_dir).as_suite()
+    assert suite is not None
+    written = write_suite_report(suite)
     md, page, plots = written[0], written[1], written[2:]
-    console.print(f"report: {page}\n        {md}\n        {len(plots)} plots in {suite_dir / 'plots'}", highlight=False)
+    console.print(f"report: {page}\n        {md}\n        {len(plots)} plots in {suite.url}/plots", highlight=False)
 
 
 def compare(
-    paths: list[Path] = typer.Argument(..., help="Results folders, suite folders or job folders, in any mix."),
+    paths: list[str] = typer.Argument(..., help="Results, suite or job folders (paths or URLs), in any mix."),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Also write the comparison, with plots, to a .md or .html file."
     ),
@@ -35,7 +40,7 @@ def compare(
 
 
 def tensorboard(
-    results: Path = typer.Argument(Path("results"), help="Results folder (or one suite's or one job's folder)."),
+    results: str = typer.Argument("results", help="Results folder or URL (or one suite's or one job's folder)."),
     port: int = typer.Option(6006, "--port", "-p", min=0, max=65535, help="Port on 127.0.0.1; 0 picks a free one."),
 ) -> None:
     """TensorBoard over every run of the results folder, each named <suite>/<job>, until Ctrl-C."""

@@ -10,15 +10,21 @@ from rich.table import Table
 from runner.cli.app import app, console, err
 from runner.errors import UserError
 from runner.plan import PlannedJob, disk, make_plan, plan_table
-from runner.prepare import default_cache
+from runner.prepare import Cache, Preparer, build_images
 from runner.report.live import LiveView
 from runner.schedule import cluster as ray_cluster
-from runner.store.layout import SuitePaths, read_json, write_json
+from runner.store import JobStore, ResultsStore, SuiteStore, locate
 from runner.suite import LoadedSuite, load_suite
 from schemas import JobSpec, JobState, RunStatus, Suite
 
 SuiteArg = Annotated[Path, typer.Argument(help="Suite file, e.g. jobs/alexnet-challenge.yaml.")]
-ResultsOpt = Annotated[Path, typer.Option("--results", help="Results root folder.")]
+ResultsOpt = Annotated[
+    str,
+    typer.Option(
+        "--results",
+        help="Results root: a folder, a path every node mounts, or a URL (s3://bucket/prefix, gs://, abfs://).",
+    ),
+]
 ProfileOpt = Annotated[
     str | None,
     typer.Option(
@@ -30,7 +36,13 @@ ExecutorOpt = Annotated[str | None, typer.Option("--executor", help="auto, proce
 AddressOpt = Annotated[
     str | None, typer.Option("--address", help="Attach to a running Ray cluster (host:port, ray://host:port, auto).")
 ]
-CacheOpt = Annotated[Path | None, typer.Option("--cache", help="Dataset and weights cache (default ~/.cache/gridrun).")]
+CacheOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cache",
+        help="Dataset and weights cache: a folder (default ~/.cache/gridrun) or a URL that nodes fetch from.",
+    ),
+]
 GpusOpt = Annotated[
     float | None, typer.Option("--gpus", help="GPUs the embedded Ray declares (default: those it detects).")
 ]
@@ -61,40 +73,66 @@ def _pick_profile(loaded: LoadedSuite, asked: str | None, gpus: float) -> str | 
     return None
 
 
+def _shared_or_refuse(cluster: ray_cluster.Cluster, what: str, path: Path, fix: str) -> None:
+    """On a cluster of several nodes, a local path must be one every node mounts: else one message."""
+    from runner.schedule.shared import nodes_without
+
+    lacking = nodes_without(path, cluster.nodes)
+    if lacking:
+        names = ", ".join(n.host or n.node_id[:12] for n in lacking[:5]) + (", ..." if len(lacking) > 5 else "")
+        raise UserError(
+            f"{what} {path} is a folder of this machine that {len(lacking)} of the cluster's {len(cluster.nodes)} "
+            f"nodes do not see ({names}), so their jobs could not write or read it. Nothing was run. Fix: {fix}"
+        )
+
+
 def _prepare_plan(
     suite: Path,
-    results: Path,
+    results: str,
     profile: str | None,
     executor: str | None,
     address: str | None,
-    cache: Path | None,
+    cache: str | None,
     gpus: float | None,
     cpus: int | None,
     force: bool,
     download: bool,
     insecure: bool = False,
-):
+) -> tuple[LoadedSuite, str | None, list[PlannedJob], ResultsStore, Cache]:
+    """Load, reach the cluster and the stores, prepare (a run) or preview (a plan), and plan."""
     _check_executor(executor)
     loaded = load_suite(suite)
     if address is not None and (gpus is not None or cpus is not None):
         raise UserError(
             "--gpus and --cpus describe the embedded Ray; with --address the cluster has its own. Fix: drop them."
         )
+    store = ResultsStore.open(results, create=True)
+    inputs_cache = Cache.open(cache)
     cluster = ray_cluster.connect(address, num_gpus=gpus, num_cpus=cpus, insecure=insecure)
     console.print(cluster.describe(), highlight=False)
+    if store.local is not None:
+        _shared_or_refuse(
+            cluster,
+            "--results",
+            store.local,
+            "give --results a storage URL (s3://bucket/prefix with `pip install 'gridrun[s3]'`, gs://, abfs://) "
+            "or a path that every node mounts (NFS).",
+        )
+    if inputs_cache.remote is None:
+        _shared_or_refuse(
+            cluster,
+            "--cache",
+            inputs_cache.local,
+            "give --cache a storage URL (s3://bucket/cache) that every node can read, or a path every node mounts.",
+        )
     chosen = _pick_profile(loaded, profile, cluster.gpus)
-    specs = loaded.jobs(chosen)
-    plan = make_plan(
-        loaded,
-        specs,
-        cluster.nodes,
-        results,
-        cache or default_cache(),
-        executor,
-        force,
-        download,
-        say=lambda m: console.print(f"[bold yellow]{m}[/]", highlight=False),
-    )
+    say = lambda m: console.print(f"[bold yellow]{m}[/]", highlight=False)  # noqa: E731
+    preparer = Preparer(inputs_cache.local, download=download, say=say)
+    prepared = [preparer.prepare(spec) for spec in loaded.jobs(chosen)]
+    if download:  # a run: inputs to the cache URL, images built; a plan only says what would happen
+        inputs_cache.publish(prepared, say=say)
+        build_images(prepared, executor, say=say)
+    plan = make_plan(loaded, prepared, cluster.nodes, store, executor, force, say=say)
     for p in plan:
         if p.executor.name == "process" and p.requested_executor == "auto":
             console.print(
@@ -102,10 +140,11 @@ def _prepare_plan(
                 highlight=False,
             )
     console.print(plan_table(plan, f"plan of {loaded.name}" + (f" (profile {chosen})" if chosen else "")))
-    line, short = disk.check([p.spec for p in plan if p.action == "run"], results)
+    # Object storage has no free space to check against; a local or mounted folder does.
+    line, short = disk.check([p.spec for p in plan if p.action == "run"], store.local) if store.local else ("", False)
     if line:
         console.print(f"[bold yellow]{line}[/]" if short else line, highlight=False)
-    return loaded, chosen, plan
+    return loaded, chosen, plan, store, inputs_cache
 
 
 @app.command()
@@ -120,7 +159,7 @@ def validate(suites: Annotated[list[Path], typer.Argument(help="Suite files.")])
 @app.command()
 def plan(
     suite: SuiteArg,
-    results: ResultsOpt = Path("results"),
+    results: ResultsOpt = "results",
     profile: ProfileOpt = None,
     executor: ExecutorOpt = None,
     address: AddressOpt = None,
@@ -142,7 +181,7 @@ def plan(
 @app.command()
 def run(
     suite: SuiteArg,
-    results: ResultsOpt = Path("results"),
+    results: ResultsOpt = "results",
     profile: ProfileOpt = None,
     executor: ExecutorOpt = None,
     address: AddressOpt = None,
@@ -157,7 +196,7 @@ def run(
     from runner.schedule.driver import Driver
 
     try:
-        loaded, chosen, planned = _prepare_plan(
+        loaded, chosen, planned, store, inputs_cache = _prepare_plan(
             suite, results, profile, executor, address, cache, gpus, cpus, force, download=True, insecure=insecure
         )
         if any(p.executor.name == "docker" for p in planned):
@@ -166,39 +205,39 @@ def run(
             removed = cleanup_stale()
             if removed:
                 console.print(f"removed {removed} container(s) left by an earlier crashed run")
-        driver = Driver(loaded.name, loaded.text, chosen, results, cache or default_cache(), LiveView(console))
+        driver = Driver(loaded.name, loaded.text, chosen, store, inputs_cache, LiveView(console))
         finals = driver.run(planned)
     finally:
         ray_cluster.shutdown()
-    suite_paths = SuitePaths.of(results, loaded.name)
-    _write_summary(suite_paths, loaded, chosen, planned, finals)
+    suite_store = store.suite(loaded.name)
+    _write_summary(suite_store, loaded, chosen, planned, finals)
     if report:
-        _report(suite_paths)
-    console.print(status_table([suite_paths.dir]))
+        _report(suite_store)
+    console.print(status_table(suite_store.jobs()))
     if driver.lost is not None:  # one message: what happened, what is in the results, how to go on
         raise driver.lost
     failed = [n for n, s in finals.items() if s.state not in (JobState.SUCCEEDED, JobState.SKIPPED)]
     if failed:
         err.print(f"[red]{len(failed)} of {len(finals)} job(s) did not succeed:[/] {', '.join(failed)}")
         raise typer.Exit(1)
-    console.print(f"[green]all {len(finals)} job(s) done[/]; results in {suite_paths.dir}")
+    console.print(f"[green]all {len(finals)} job(s) done[/]; results in {suite_store.url}")
 
 
-def _report(suite_paths: SuitePaths) -> None:
-    from runner.report import write_report
+def _report(suite: SuiteStore) -> None:
+    from runner.report import write_suite_report
 
     try:
-        written = write_report(suite_paths.dir)
+        written = write_suite_report(suite)
     except Exception as e:  # the runs are done and recorded; a report problem must not hide that
-        err.print(f"[yellow]report not written: {type(e).__name__}: {e}[/]. Try `gridrun report {suite_paths.dir}`.")
+        err.print(f"[yellow]report not written: {type(e).__name__}: {e}[/]. Try `gridrun report {suite.url}`.")
         return
-    for path in written:
-        if path.suffix in (".md", ".html"):
-            console.print(f"report: {path}")
+    for where in written:
+        if where.endswith((".md", ".html")):
+            console.print(f"report: {where}")
 
 
 def _write_summary(
-    suite_paths: SuitePaths,
+    suite: SuiteStore,
     loaded: LoadedSuite,
     profile: str | None,
     planned: list[PlannedJob],
@@ -206,7 +245,7 @@ def _write_summary(
 ) -> None:
     jobs = []
     for p in planned:
-        result = p.paths.read_result()
+        result = p.store.read_result()
         status = finals.get(p.spec.name)
         jobs.append(
             {
@@ -221,53 +260,43 @@ def _write_summary(
                 "wall_seconds": result.timing.total_seconds if result else None,
             }
         )
-    write_json(
-        suite_paths.summary, {"suite": loaded.name, "profile": profile, "source": str(loaded.path), "jobs": jobs}
-    )
+    suite.write_summary({"suite": loaded.name, "profile": profile, "source": str(loaded.path), "jobs": jobs})
 
 
-def status_table(suite_dirs: list[Path]) -> Table:
-    """A table of every job under the given suite folders, read from their files."""
+def status_table(jobs: list[JobStore]) -> Table:
+    """A table of the given job folders, read from their files."""
     table = Table(title="status", title_justify="left")
     for col in ("suite/job", "state", "attempts", "epochs", "test acc", "best (epoch)", "time", "reason"):
         table.add_column(col, overflow="fold")
-    for suite_dir in suite_dirs:
-        for paths in SuitePaths(suite_dir).jobs():
-            status = paths.read_status()
-            result = paths.read_result()
-            progress = read_json(paths.progress) or {}
-            state = status.state.value if status else "unknown"
-            done = len(result.epochs) if result else progress.get("epoch", 0)
-            total = result.spec.train.epochs if result else progress.get("epochs", "?")
-            table.add_row(
-                f"{suite_dir.name}/{paths.dir.name}",
-                state,
-                str(status.attempts) if status else "",
-                f"{done}/{total}",
-                f"{result.final_test_accuracy:.2%}" if result else "",
-                f"{result.best_test_accuracy:.2%} ({result.best_epoch})" if result else "",
-                f"{result.timing.total_seconds:.0f}s" if result else "",
-                status.reason if status else "",
-            )
+    for job in jobs:
+        status = job.read_status()
+        result = job.read_result()
+        progress = job.read_progress() or {}
+        state = status.state.value if status else "unknown"
+        done = len(result.epochs) if result else progress.get("epoch", 0)
+        total = result.spec.train.epochs if result else progress.get("epochs", "?")
+        table.add_row(
+            f"{job.suite}/{job.name}",
+            state,
+            str(status.attempts) if status else "",
+            f"{done}/{total}",
+            f"{result.final_test_accuracy:.2%}" if result else "",
+            f"{result.best_test_accuracy:.2%} ({result.best_epoch})" if result else "",
+            f"{result.timing.total_seconds:.0f}s" if result else "",
+            status.reason if status else "",
+        )
     return table
 
 
 @app.command()
 def status(
-    results: Annotated[Path, typer.Argument(help="Results root, or one suite's folder.")] = Path("results"),
+    results: Annotated[
+        str, typer.Argument(help="Results root, one suite's folder or one job's: a path or a URL.")
+    ] = "results",
 ) -> None:
-    """Show the state of every job, read from the results folder."""
-    if not results.is_dir():
-        raise UserError(
-            f"{results} is not a folder. Fix: give the results root (default ./results) or a suite folder inside it."
-        )
-    if SuitePaths(results).jobs():
-        suites = [results]
-    else:
-        suites = [d for d in sorted(results.iterdir()) if d.is_dir() and SuitePaths(d).jobs()]
-    if not suites:
-        raise UserError(f"{results} holds no runs yet. Fix: run a suite first (`gridrun run jobs/smoke.yaml`).")
-    console.print(status_table(suites))
+    """Show the state of every job, read from the results store."""
+    _, jobs = locate(results)
+    console.print(status_table(jobs))
 
 
 def _partial(schema: dict[str, Any]) -> dict[str, Any]:

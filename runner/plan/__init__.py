@@ -12,8 +12,8 @@ from runner import __version__
 from runner.errors import UserError
 from runner.execute import Choice, choose
 from runner.plan.nodes import Node
-from runner.prepare import Prepared, Preparer
-from runner.store.layout import JobPaths, SuitePaths
+from runner.prepare import Prepared
+from runner.store import JobStore, ResultsStore
 from runner.suite import LoadedSuite
 from schemas import JobSpec, JobState, Substitution
 
@@ -29,7 +29,7 @@ class PlannedJob:
     spec_hash: str
     action: str  # run, skip or fail
     why: str
-    paths: JobPaths
+    store: JobStore  # the job's folder in the results store
 
     @property
     def spec(self) -> JobSpec:
@@ -93,16 +93,16 @@ def fit_problem(spec: JobSpec, nodes: list[Node]) -> str:
 
 def make_plan(
     loaded: LoadedSuite,
-    specs: list[JobSpec],
+    prepared: list[Prepared],
     nodes: list[Node],
-    results: Path,
-    cache: Path,
+    results: ResultsStore,
     executor: str | None = None,
     force: bool = False,
-    download: bool = True,
     say=print,
 ) -> list[PlannedJob]:
-    """Check fit, choose executors, prepare inputs, and decide run or skip for each job."""
+    """Check fit, choose executors, and decide run or skip for each job. Reads only: the inputs were
+    prepared (or previewed) and the images built before."""
+    specs = [p.spec for p in prepared]
     refused = [(s.name, p) for s in specs if (p := fit_problem(s, nodes))]
     if refused:
         lines = "\n  ".join(f"{name}: {problem}" for name, problem in refused)
@@ -111,27 +111,26 @@ def make_plan(
             "Fix: lower resources.gpus / resources.cpus, change resources.custom / resources.labels, pick a profile "
             "that fits (--profile cpu), or attach a larger cluster with --address."
         )
-    choices = [choose(executor or s.executor, s, build=download, say=say) for s in specs]
-    preparer = Preparer(cache, download=download, say=say)
-    suite_paths = SuitePaths.of(results, loaded.name)
+    suite = results.suite(loaded.name)
     plan = []
-    for spec, choice in zip(specs, choices, strict=True):
-        prepared = preparer.prepare(spec)
-        digest = prepared.spec.digest(choice.image, __version__)
-        paths = suite_paths.job(spec.name)
-        action, why = _decide(paths, digest, prepared, force)
-        plan.append(PlannedJob(spec, prepared, choice, executor or spec.executor, digest, action, why, paths))
+    for ready in prepared:
+        declared = ready.declared
+        choice = ready.executor or choose(executor or declared.executor, ready.spec, say=say)
+        digest = ready.spec.digest(choice.image, __version__)
+        store = suite.job(declared.name)
+        action, why = _decide(store, digest, ready, force)
+        plan.append(PlannedJob(declared, ready, choice, executor or declared.executor, digest, action, why, store))
     return plan
 
 
-def _decide(paths: JobPaths, digest: str, prepared: Prepared, force: bool) -> tuple[str, str]:
+def _decide(store: JobStore, digest: str, prepared: Prepared, force: bool) -> tuple[str, str]:
     if prepared.missing:
         return "fail", f"missing input: {prepared.missing}"
-    status = paths.read_status()
+    status = store.read_status()
     if status is None:
         return "run", "new"
     same = status.spec_hash == digest
-    if status.state in (JobState.SUCCEEDED, JobState.SKIPPED) and same and paths.read_result() is not None:
+    if status.state in (JobState.SUCCEEDED, JobState.SKIPPED) and same and store.read_result() is not None:
         return ("run", "forced (--force)") if force else ("skip", f"done with the same spec ({digest})")
     if not same:
         return "run", "spec changed"

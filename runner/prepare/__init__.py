@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.errors import UserError
+from runner.execute import Choice, choose
+from runner.prepare import inputs
+from runner.store import Storage
 from runner.train import data, weights
 from schemas import JobSpec, Substitution
 
@@ -34,9 +37,53 @@ def default_cache() -> Path:
 class Prepared:
     """A job ready to schedule: the spec it runs with and what stood in; or why it cannot run."""
 
+    declared: JobSpec  # as the suite says, before substitutes
     spec: JobSpec
     substitutions: list[Substitution] = field(default_factory=list)
     missing: str = ""  # non-empty: the real input is missing and no substitute was declared
+    executor: Choice | None = None  # set once its image is built (a run); a plan chooses without building
+
+
+@dataclass(frozen=True)
+class Cache:
+    """Where inputs are: `local`, the folder the prepare step fills, and, with a cache URL, `remote`, where
+    every node fetches them from (into its own cache)."""
+
+    local: Path
+    remote: Storage | None = None
+
+    @classmethod
+    def open(cls, where: str | None) -> "Cache":
+        """The cache at `where` (a path, or a URL whose local staging folder is the default cache)."""
+        if where is None:
+            return cls(default_cache())
+        storage = Storage.open(where, create=True)
+        if storage.local is not None:
+            return cls(storage.local)
+        storage.check()
+        return cls(default_cache(), storage)
+
+    @property
+    def url(self) -> str:
+        """What a job's task is told: the URL, or the local folder (which every node must see)."""
+        return self.remote.url if self.remote is not None else str(self.local.resolve())
+
+    def publish(self, prepared: list[Prepared], say: Callable[[str], None] = print) -> None:
+        """With a cache URL: put every input the jobs read there, once."""
+        if self.remote is None:
+            return
+        seen: dict[str, inputs.Input] = {}
+        for p in prepared:
+            if not p.missing:
+                for item in inputs.of_job(p.spec, self.local):
+                    seen[item.rel] = item
+        inputs.publish(self.local, self.remote, list(seen.values()), say=say)
+
+
+def build_images(prepared: list[Prepared], executor: str | None, say: Callable[[str], None] = print) -> None:
+    """Choose each job's executor, building a framework image that is missing or out of date (a run only)."""
+    for p in prepared:
+        p.executor = choose(executor or p.declared.executor, p.spec, build=True, say=say)
 
 
 class Preparer:
@@ -50,7 +97,7 @@ class Preparer:
         self._announced: set[str] = set()
 
     def prepare(self, spec: JobSpec) -> Prepared:
-        out = Prepared(spec=spec.model_copy(deep=True))
+        out = Prepared(declared=spec, spec=spec.model_copy(deep=True))
         self._dataset(out)
         if not out.missing:
             self._weights(out)

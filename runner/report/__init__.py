@@ -19,6 +19,7 @@ from runner.report.plots import Plotter
 from runner.report.render import html_page, markdown, to_console
 from runner.report.runs import Run, collect, load_suite
 from runner.report.tables import Label
+from runner.store import SuiteStore
 
 __all__ = ["REPORT_HTML", "REPORT_MD", "Run", "build_document", "compare", "to_console", "write_report"]
 
@@ -121,6 +122,15 @@ def write_report(suite_dir: Path) -> list[Path]:
     return [md, page, *_figures(doc)]
 
 
+def write_suite_report(suite: SuiteStore) -> list[str]:
+    """Write the report of a suite into its folder in the store; return where each file went."""
+    with suite.local_copy(write_back=(REPORT_MD, REPORT_HTML, PLOTS)) as folder:
+        written = write_report(folder)
+        if suite.storage.local is not None:
+            return [str(p) for p in written]
+        return [suite.storage.path_url(p.relative_to(folder).as_posix()) for p in written]
+
+
 def _unique_labels(runs: list[Run], one_suite: bool) -> Label:
     """job (one suite) or suite/job; the same names from two results trees get #2, #3."""
     names: dict[int, str] = {}
@@ -132,7 +142,7 @@ def _unique_labels(runs: list[Run], one_suite: bool) -> Label:
     return lambda r: names[id(r)]
 
 
-def compare(paths: list[Path], out: Path | None = None) -> tuple[Document, list[Path]]:
+def compare(paths: list[Path | str], out: Path | None = None) -> tuple[Document, list[Path]]:
     """The report's tables over runs of any suites; with `out` (.md or .html) also written, with plots."""
     runs = collect(paths)
     suites = sorted({r.suite for r in runs})

@@ -9,8 +9,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from runner.store.layout import JobPaths, read_json
+from runner.store import JobStore
 from schemas import JobState
+
+REFRESH_S = 1.0
 
 
 class LiveView:
@@ -18,24 +20,29 @@ class LiveView:
 
     def __init__(self, console: Console) -> None:
         self.console = console
-        self.jobs: list[tuple[str, JobPaths]] = []
+        self.jobs: list[tuple[str, JobStore]] = []
         self._live: Live | None = None
         self._seen: dict[str, str] = {}
         self._started = time.monotonic()
+        self._refreshed = 0.0
 
     def start(self, plan) -> None:
-        self.jobs = [(p.spec.name, p.paths) for p in plan]
+        self.jobs = [(p.spec.name, p.store) for p in plan]
         self._started = time.monotonic()
         if self.console.is_terminal:
             self._live = Live(self._table(), console=self.console, refresh_per_second=2, transient=False)
             self._live.start()
 
     def refresh(self) -> None:
+        # Each refresh reads every job's status and progress: on object storage, requests that cost.
+        if time.monotonic() - self._refreshed < REFRESH_S:
+            return
+        self._refreshed = time.monotonic()
         if self._live is not None:
             self._live.update(self._table())
             return
-        for name, paths in self.jobs:  # plain lines: one per state or epoch change
-            line = self._line(paths)
+        for name, job in self.jobs:  # plain lines: one per state or epoch change
+            line = self._line(job)
             if line and self._seen.get(name) != line:
                 self._seen[name] = line
                 self.console.print(f"[{time.monotonic() - self._started:6.0f}s] {name}: {line}", highlight=False)
@@ -43,9 +50,9 @@ class LiveView:
     def event(self, name: str, message: str) -> None:
         if self._live is None:
             self.console.print(f"[{time.monotonic() - self._started:6.0f}s] {name}: {message}", highlight=False)
-            paths = dict(self.jobs).get(name)
-            if paths is not None:  # the state line it stands for is not printed again
-                self._seen[name] = self._line(paths)
+            job = dict(self.jobs).get(name)
+            if job is not None:  # the state line it stands for is not printed again
+                self._seen[name] = self._line(job)
 
     def stop(self) -> None:
         if self._live is not None:
@@ -54,11 +61,11 @@ class LiveView:
             self._live = None
 
     @staticmethod
-    def _line(paths: JobPaths) -> str:
-        status = paths.read_status()
+    def _line(job: JobStore) -> str:
+        status = job.read_status()
         if status is None:
             return ""
-        progress = read_json(paths.progress) if status.state == JobState.RUNNING else None
+        progress = job.read_progress() if status.state == JobState.RUNNING else None
         if progress:
             return f"running, epoch {progress['epoch']}/{progress['epochs']}, val {progress['val_accuracy']:.1%}"
         return status.state.value
@@ -68,9 +75,9 @@ class LiveView:
         for col in ("job", "state", "epoch", "val acc", "test acc", "node / GPUs"):
             table.add_column(col)
         colours = {"succeeded": "green", "failed": "red", "running": "yellow", "cancelled": "magenta"}
-        for name, paths in self.jobs:
-            status = paths.read_status()
-            progress = read_json(paths.progress) or {}
+        for name, job in self.jobs:
+            status = job.read_status()
+            progress = job.read_progress() or {}
             state = status.state.value if status else "?"
             table.add_row(
                 name,

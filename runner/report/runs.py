@@ -4,11 +4,12 @@ A run is whatever a job folder holds: spec.json always, status.json once schedul
 once finished. Missing or invalid files are tolerated here and shown in the report.
 """
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from runner.errors import UserError
-from runner.store.layout import JobPaths, SuitePaths
+from runner.store import JobStore, ResultsStore, Storage, locate
 from schemas import JobSpec, RunResult, RunStatus, SpecFile, Substitution
 
 # The lead records a job the plan refused, or one that cannot run yet, as failed with this prefix.
@@ -23,7 +24,7 @@ class Run:
 
     suite: str
     job: str
-    paths: JobPaths
+    store: JobStore
     spec_file: SpecFile | None
     status: RunStatus | None
     result: RunResult | None
@@ -62,88 +63,66 @@ class Run:
         """Why the run ended as it did, or why the report cannot show its numbers."""
         reason = self.status.reason.strip() if self.status is not None else ""
         if self.state == "incomplete":
-            return f"status.json says succeeded but {self.paths.result.name} is missing or invalid"
+            return "status.json says succeeded but result.json is missing or invalid"
         if self.spec_file is None and not reason:
-            return f"{self.paths.spec.name} is invalid"
+            return "spec.json is invalid"
         if self.state in ("failed", "cancelled") and not reason:
             return "no reason recorded"
         return reason
 
     @property
-    def log(self) -> Path:
-        return self.paths.dir / (self.status.log if self.status is not None else self.paths.log.name)
+    def log(self) -> str:
+        """The run's log: a local path, or a URL on object storage."""
+        name = self.status.log if self.status is not None else "log.txt"
+        local = self.store.local
+        return str(local.dir / name) if local is not None else self.store.storage.path_url(name)
 
 
-def read_run(paths: JobPaths) -> Run:
+def read_run(job: JobStore) -> Run:
     """Read one job folder, named by its folders: a copy of results/<suite> kept as results/<suite>-old
     is told apart from the original."""
-    return Run(
-        paths.dir.parent.name, paths.dir.name, paths, paths.read_spec(), paths.read_status(), paths.read_result()
-    )
+    return Run(job.suite, job.name, job, job.read_spec(), job.read_status(), job.read_result())
 
 
-def _is_job(folder: Path) -> bool:
-    return (folder / "spec.json").is_file()
-
-
-def _suites_under(folder: Path) -> list[Path]:
-    """Sub-folders that are suite folders (hold at least one job folder)."""
-    return [p for p in sorted(folder.iterdir()) if p.is_dir() and SuitePaths(p).jobs()]
-
-
-def load_suite(suite_dir: Path) -> list[Run]:
+def load_suite(suite_dir: Path | str) -> list[Run]:
     """Every run of one suite folder, by job name; a clear error for anything else."""
-    suite_dir = Path(suite_dir)
-    _must_be_dir(suite_dir, "a suite results folder such as results/<suite>")
-    jobs = SuitePaths(suite_dir).jobs()
-    if jobs:
-        return [read_run(j) for j in jobs]
-    if _is_job(suite_dir):
+    store = ResultsStore.open(suite_dir)
+    suite = store.as_suite()
+    if suite is not None:
+        return [read_run(j) for j in suite.jobs()]
+    where = store.url
+    if store.as_job() is not None:
+        parent = os.path.dirname(where.rstrip("/"))
         raise UserError(
-            f"{suite_dir} is the folder of one job, not of a suite. Fix: `gridrun report {suite_dir.parent}` "
-            f"for its whole suite, or `gridrun compare {suite_dir}` for this run alone."
+            f"{where} is the folder of one job, not of a suite. Fix: `gridrun report {parent}` "
+            f"for its whole suite, or `gridrun compare {where}` for this run alone."
         )
-    suites = _suites_under(suite_dir)
+    suites = store.suites()
     if suites:
-        names = ", ".join(p.name for p in suites[:5]) + (", ..." if len(suites) > 5 else "")
+        names = ", ".join(s.name for s in suites[:5]) + (", ..." if len(suites) > 5 else "")
         raise UserError(
-            f"{suite_dir} holds whole suites ({names}), not the jobs of one suite. "
-            f"Fix: `gridrun report {suites[0]}` for one suite, or `gridrun compare {suite_dir}` for all of them."
+            f"{where} holds whole suites ({names}), not the jobs of one suite. "
+            f"Fix: `gridrun report {suites[0].url}` for one suite, or `gridrun compare {where}` for all of them."
         )
     raise UserError(
-        f"{suite_dir} is not a suite results folder: it holds no job folder (a folder with spec.json). "
+        f"{where} is not a suite results folder: it holds no job folder (a folder with spec.json). "
         "Fix: pass results/<suite> as written by `gridrun run jobs/<suite>.yaml`."
     )
 
 
-def collect(paths: list[Path]) -> list[Run]:
-    """The runs of each path given: a job folder, a suite folder or a results tree of suites.
+def collect(paths: list[Path | str]) -> list[Run]:
+    """The runs of each path or URL given: a job folder, a suite folder or a results tree of suites.
 
     The same job folder named twice is read once; the order is that of the arguments.
     """
     if not paths:
         raise UserError("no folder given. Fix: name a results folder, a suite folder or a job folder.")
-    runs: dict[Path, Run] = {}
-    for path in map(Path, paths):
-        _must_be_dir(path, "a results, suite or job folder")
-        if _is_job(path):
-            found = [JobPaths(path)]
-        elif jobs := SuitePaths(path).jobs():
-            found = jobs
-        elif suites := _suites_under(path):
-            found = [j for s in suites for j in SuitePaths(s).jobs()]
-        else:
-            raise UserError(
-                f"{path} holds no runs: it is not a job folder (no spec.json), nor a suite folder, nor a "
-                "results folder of suites. Fix: pass results/, results/<suite> or results/<suite>/<job>."
-            )
-        for job in found:
-            runs.setdefault(job.dir.resolve(), read_run(job))
+    runs: dict[str, Run] = {}
+    for where in paths:
+        _, jobs = locate(where)
+        for job in jobs:
+            runs.setdefault(job.storage.key, read_run(job))
     return list(runs.values())
 
 
-def _must_be_dir(path: Path, what: str) -> None:
-    if not path.exists():
-        raise UserError(f"{path} does not exist. Fix: pass {what}, made by `gridrun run`.")
-    if not path.is_dir():
-        raise UserError(f"{path} is a file, not a folder. Fix: pass {what}.")
+__all__ = ["Run", "Storage", "collect", "load_suite", "read_run"]

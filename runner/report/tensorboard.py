@@ -3,9 +3,11 @@
 A job writes its events into results/<suite>/<job>/tb/, which TensorBoard would name
 '<suite>/<job>/tb' (and `--logdir_spec <suite>/<job>:<path>` names it '<suite>/<job>/.': the
 multiplexer joins the group name with the path relative to it). So TensorBoard reads a view
-instead: a temporary folder of links <suite>/<job> -> results/<suite>/<job>/tb, which TensorBoard's
-directory walk follows. The view is refreshed while TensorBoard runs, so jobs that start later
-appear too; removing it removes only links.
+instead: a temporary folder <suite>/<job> per job. On a local store each is a link to the job's tb
+folder, which TensorBoard's directory walk follows; on object storage it is a copy of the job's event
+files, brought up to date at every refresh (an event file that grew is fetched again), so that a run
+in progress shows its new epochs. The view is refreshed while TensorBoard runs, so jobs that start
+later appear too; removing it removes only links and copies.
 """
 
 import shutil
@@ -19,46 +21,65 @@ from pathlib import Path
 from types import FrameType
 
 from runner.errors import UserError
-from runner.store.layout import JobPaths, SuitePaths
+from runner.store import JobStore, locate
 
 DEFAULT_PORT = 6006
 HOST = "127.0.0.1"
 REFRESH_SECONDS = 5
 
 
-def job_logdirs(path: Path) -> dict[str, Path]:
-    """'<suite>/<job>' -> the job's tb folder, for a results tree, one suite's folder or one job's folder."""
-    path = Path(path)
-    if (path / "spec.json").is_file():
-        return {f"{path.parent.name}/{path.name}": JobPaths(path).tb}
-    suites = [path] if SuitePaths(path).jobs() else sorted(p for p in path.iterdir() if p.is_dir())
-    return {f"{s.name}/{job.dir.name}": job.tb for s in suites for job in SuitePaths(s).jobs()}
+def job_logdirs(where: Path | str) -> dict[str, JobStore]:
+    """'<suite>/<job>' -> the job's folder, for a results tree, one suite's folder or one job's folder."""
+    _, jobs = locate(where)
+    return {f"{job.suite}/{job.name}": job for job in jobs}
 
 
 class LogdirView:
-    """A temporary folder of links, one per job, named <suite>/<job>."""
+    """A temporary folder with one entry per job, named <suite>/<job>: a link, or a copy of its events."""
 
-    def __init__(self, results: Path) -> None:
-        self.results = Path(results).resolve()
+    def __init__(self, results: Path | str) -> None:
+        self.results = results
         self.folder = Path(tempfile.mkdtemp(prefix="gridrun-tensorboard-"))
         self.runs: list[str] = []
+        self._copied: dict[str, dict[str, int]] = {}  # run -> event file -> size copied
 
     def refresh(self) -> list[str]:
-        """Link jobs that appeared since the last call; return their run names."""
+        """Link or copy jobs that appeared since the last call, update the copies; return the new run names."""
         added = []
-        for name, tb in job_logdirs(self.results).items():
-            link = self.folder / name
-            if link.is_symlink():
-                continue
-            link.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                link.symlink_to(tb.resolve(), target_is_directory=True)
-            except OSError as e:
-                raise UserError(f"cannot create the link {link} -> {tb}: {e}. Fix: set TMPDIR to a folder on a "
-                                "file system that allows symbolic links.") from e  # fmt: skip
-            added.append(name)
+        for name, job in job_logdirs(self.results).items():
+            entry = self.folder / name
+            local = job.local
+            if local is not None:
+                if entry.is_symlink():
+                    continue
+                entry.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    entry.symlink_to(local.tb.resolve(), target_is_directory=True)
+                except OSError as e:
+                    raise UserError(f"cannot create the link {entry} -> {local.tb}: {e}. Fix: set TMPDIR to a folder "
+                                    "on a file system that allows symbolic links.") from e  # fmt: skip
+            else:
+                if name in self._copied and not self._copy_events(name, job, entry):
+                    continue
+                if name not in self._copied:
+                    self._copied[name] = {}
+                    self._copy_events(name, job, entry)
+            if name not in self.runs:
+                added.append(name)
         self.runs += added
         return added
+
+    def _copy_events(self, name: str, job: JobStore, entry: Path) -> bool:
+        """Fetch the job's event files that are new or grew; whether any was."""
+        have = self._copied[name]
+        changed = False
+        for rel, size in job.storage.files("tb").items():
+            if have.get(rel) == size:
+                continue
+            job.storage.download(f"tb/{rel}", entry / rel)
+            have[rel] = size
+            changed = True
+        return changed
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)  # unlinks the links, never follows them
@@ -84,14 +105,8 @@ def launch(logdir: Path, port: int = DEFAULT_PORT, reload_seconds: int = REFRESH
         ) from e
 
 
-def serve(results: Path, port: int = DEFAULT_PORT, say: Callable[[str], None] = print) -> None:
+def serve(results: Path | str, port: int = DEFAULT_PORT, say: Callable[[str], None] = print) -> None:
     """Run TensorBoard over `results` until interrupted (Ctrl-C or SIGTERM)."""
-    results = Path(results)
-    if not results.is_dir():
-        raise UserError(
-            f"{results} is not a folder. Fix: pass the results folder of `gridrun run` (default: results), "
-            "a suite's folder results/<suite>, or a job's folder."
-        )
     view = LogdirView(results)
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -1,9 +1,10 @@
 """A suite as a Ray Job: submit it through the Jobs API, list, follow, stop, and bring its results back.
 
 The suite file and gridrun's own code travel in the job's runtime_env (working_dir), so the cluster needs
-only the libraries. The job's driver runs `gridrun run --address auto` on the cluster and keeps the results
-on that node (~/gridrun-results/<submission id> unless told otherwise) until `gridrun fetch` brings them,
-through Ray, into a folder here. Every request carries Ray's token; it is never printed, and never put into
+only the libraries. The job's driver runs `gridrun run --address auto` on the cluster and writes the results
+to `--remote-results`/<submission id>: a storage URL (s3://...) or a path on the cluster (by default
+~/gridrun-results on the node that runs the job's driver). `gridrun fetch` copies them from there into a
+folder here; no file travels through Ray. Every request carries Ray's token; it is never printed, and never put into
 the job's runtime_env or metadata, which anyone who may list jobs can read.
 """
 
@@ -225,9 +226,9 @@ def _stage(stage: Path, suite: Path) -> None:
     shutil.copy2(suite, stage / "suite" / suite.name)
 
 
-def fetch(api: JobsApi, job_id: str, dest: Path, ray_address: str | None, insecure: bool, say=print) -> tuple[int, int]:
-    """Copy a submission's results folder from the node that ran it into `dest`; (files, bytes)."""
-    from runner.schedule import transfer
+def fetch(api: JobsApi, job_id: str, dest: str, say=print) -> tuple[int, int]:
+    """Copy a submission's results from where its driver wrote them into `dest`; (files, bytes)."""
+    from runner.store import Storage, copy_tree
 
     sub = api.get(job_id)
     if not sub.results:
@@ -235,20 +236,19 @@ def fetch(api: JobsApi, job_id: str, dest: Path, ray_address: str | None, insecu
             f"job {job_id} was not sent by `gridrun submit`: it has no gridrun results folder. "
             f"Fix: `gridrun jobs --address {api.address}` shows which jobs are gridrun's (a suite name)."
         )
-    if not sub.node_id:
-        raise UserError(f"job {job_id} has not started yet ({sub.status}). Fix: try again once it runs.")
     if sub.status not in FINAL:
         say(f"job {job_id} is still {sub.status}: fetching what is there so far")
-    host = urlparse(api.address).hostname
-    address = ray_address or f"ray://{host}:{ray_cluster.CLIENT_PORT}"
-    ray_cluster.connect(address, insecure=insecure)
-    try:
-        receiver = transfer.fetch_folder(sub.node_id, sub.results, dest, say=say)
-    finally:
-        ray_cluster.shutdown()
-    if receiver is None:
+    source = Storage.open(sub.results)  # a path with ~ is the home of this machine: checked just below
+    if source.local is not None and not ray_cluster.is_loopback(urlparse(api.address).hostname or ""):
         raise UserError(
-            f"the node that ran job {job_id} has no folder {sub.results}: the job ended before writing results, or "
-            f"the folder was removed. Fix: `gridrun logs {job_id} --address {api.address}` says how it ended."
+            f"the results of job {job_id} are in {sub.results} on the cluster's own disk, which this machine "
+            "cannot read (gridrun carries no files through Ray). Fix: copy that folder from the cluster's driver "
+            "node (rsync/scp), and submit later suites with --remote-results s3://bucket/prefix (or a path every "
+            "machine mounts), which `gridrun fetch` reads from."
         )
-    return receiver.files, receiver.bytes
+    if not source.exists(""):
+        raise UserError(
+            f"job {job_id} has no results in {sub.results} yet ({sub.status}): it ended before writing any, or they "
+            f"were removed. Fix: `gridrun logs {job_id} --address {api.address}` says how it ended."
+        )
+    return copy_tree(source, Storage.open(dest, create=True), say=say)
