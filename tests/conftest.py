@@ -3,9 +3,11 @@
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from s3server import S3Server, running_s3_server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,3 +67,17 @@ def small_disk(tmp_path: Path):
         pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture(scope="session")
+def s3server() -> Iterator[S3Server]:
+    """A real S3 API on 127.0.0.1 (moto's server mode), for the whole session."""
+    with running_s3_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3server_auth() -> Iterator[S3Server]:
+    """A second server that checks credentials: any access key it was not given is refused."""
+    with running_s3_server(auth=True) as server:
+        yield server

@@ -8,7 +8,9 @@ from conftest import REPO, gridrun
 
 from runner.errors import UserError
 from runner.plan import disk, fit_problem, make_plan
-from runner.schedule.cluster import Node
+from runner.plan.nodes import Node
+from runner.prepare import Preparer
+from runner.store import ResultsStore
 from runner.store.layout import write_json
 from runner.suite import load_suite
 from schemas import JobSpec, JobState, RunStatus
@@ -29,6 +31,13 @@ jobs:
 """
 
 
+def plan_of(loaded, specs: list[JobSpec], results: Path, cache: Path, say=lambda m: None):
+    """The plan as `gridrun plan` makes it: inputs previewed (nothing downloaded), then planned."""
+    preparer = Preparer(cache, download=False, say=say)
+    store = ResultsStore.open(results, create=True, check=False)
+    return make_plan(loaded, [preparer.prepare(s) for s in specs], NODES, store, say=say)
+
+
 @pytest.fixture
 def loaded(tmp_path: Path):
     path = tmp_path / "p.yaml"
@@ -47,13 +56,13 @@ def test_unfit_job_refuses_the_whole_plan_before_anything_is_written(loaded, tmp
     specs = loaded.jobs()
     specs[1].resources.gpus = 3
     with pytest.raises(UserError, match=r"(?s)undeclared: needs 3 GPU\(s\).*Fix:"):
-        make_plan(loaded, specs, NODES, tmp_path / "results", tmp_path / "cache", download=False, say=lambda m: None)
+        plan_of(loaded, specs, tmp_path / "results", tmp_path / "cache")
     assert not (tmp_path / "results").exists()
 
 
 def test_declared_substitutes_and_missing_inputs(loaded, tmp_path: Path) -> None:
     said: list[str] = []
-    plan = make_plan(loaded, loaded.jobs(), NODES, tmp_path / "r", tmp_path / "cache", download=False, say=said.append)
+    plan = plan_of(loaded, loaded.jobs(), tmp_path / "r", tmp_path / "cache", say=said.append)
     by = {p.spec.name: p for p in plan}
     declared = by["declared"]
     assert declared.action == "run"
@@ -71,19 +80,19 @@ def test_declared_substitutes_and_missing_inputs(loaded, tmp_path: Path) -> None
 
 
 def test_skip_only_with_same_hash_and_a_result(loaded, tmp_path: Path) -> None:
-    args = (loaded, loaded.jobs(), NODES, tmp_path / "r", tmp_path / "cache")
-    first = {p.spec.name: p for p in make_plan(*args, download=False, say=lambda m: None)}["digits"]
-    write_json(first.paths.status, RunStatus(state=JobState.SUCCEEDED, spec_hash=first.spec_hash))
-    again = {p.spec.name: p for p in make_plan(*args, download=False, say=lambda m: None)}["digits"]
+    args = (loaded, loaded.jobs(), tmp_path / "r", tmp_path / "cache")
+    first = {p.spec.name: p for p in plan_of(*args)}["digits"]
+    write_json(first.store.local.status, RunStatus(state=JobState.SUCCEEDED, spec_hash=first.spec_hash))
+    again = {p.spec.name: p for p in plan_of(*args)}["digits"]
     assert again.action == "run", "no result.json: it cannot be skipped"
-    first.paths.result.write_text("{}")  # present but invalid: still not done
-    again = {p.spec.name: p for p in make_plan(*args, download=False, say=lambda m: None)}["digits"]
+    first.store.local.result.write_text("{}")  # present but invalid: still not done
+    again = {p.spec.name: p for p in plan_of(*args)}["digits"]
     assert again.action == "run"
-    write_json(first.paths.status, RunStatus(state=JobState.FAILED, spec_hash=first.spec_hash))
-    again = {p.spec.name: p for p in make_plan(*args, download=False, say=lambda m: None)}["digits"]
+    write_json(first.store.local.status, RunStatus(state=JobState.FAILED, spec_hash=first.spec_hash))
+    again = {p.spec.name: p for p in plan_of(*args)}["digits"]
     assert (again.action, again.why) == ("run", "resume after failed")
-    write_json(first.paths.status, RunStatus(state=JobState.FAILED, spec_hash="other"))
-    again = {p.spec.name: p for p in make_plan(*args, download=False, say=lambda m: None)}["digits"]
+    write_json(first.store.local.status, RunStatus(state=JobState.FAILED, spec_hash="other"))
+    again = {p.spec.name: p for p in plan_of(*args)}["digits"]
     assert again.why == "spec changed"
 
 
@@ -101,9 +110,7 @@ def test_cifar10_from_a_pickle_folder_is_used_without_substitute(loaded, tmp_pat
         batch = {b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, 20))}
         (folder / name).write_bytes(pickle.dumps(batch))
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}))
-    plan = make_plan(
-        loaded, loaded.jobs(), NODES, tmp_path / "r", tmp_path / "cache", download=False, say=lambda m: None
-    )
+    plan = plan_of(loaded, loaded.jobs(), tmp_path / "r", tmp_path / "cache")
     by = {p.spec.name: p for p in plan}
     assert by["undeclared"].action == "run" and by["declared"].spec.dataset.name == "cifar10"
     splits = data.load(by["undeclared"].spec.dataset, tmp_path / "cache")

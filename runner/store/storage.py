@@ -146,7 +146,7 @@ class Storage:
             return cls._local(Path(where), create)
         text = str(where)
         if not text.strip():
-            raise UserError("no storage location given: pass a folder path or a URL such as s3://bucket/prefix.")
+            raise UserError("no storage location given. Fix: pass a folder path or a URL such as s3://bucket/prefix.")
         if "://" not in text:
             return cls._local(Path(text), create)
         match = _URL.match(text)
@@ -154,50 +154,59 @@ class Storage:
         shown = cls._display(text)
         if not match:
             raise UserError(
-                f"{shown}: not a URL gridrun understands (chained URLs are not supported); use scheme://..."
+                f"{shown}: not a URL gridrun understands (chained URLs are not supported)."
+                f" Fix: use scheme://bucket/prefix, or a plain path."
             )
         scheme = match.group(1).lower()
         extra = _EXTRAS.get(scheme)
         if parts.password is not None or (parts.username is not None and extra != "azure"):
             how = _CREDENTIALS.get(extra or "", "the provider's standard variables or files")
             raise UserError(
-                f"{shown}: the URL carries credentials: remove them, and set them where the provider looks: {how}."
+                f"{shown}: the URL carries credentials."
+                f" Fix: remove them from the URL and set them where the provider looks: {how}."
             )
         if parts.query or parts.fragment:
             # A query may carry a token (Azure SAS); nothing gridrun supports needs one.
             raise UserError(
-                f"{shown}: URLs with '?' or '#' are not supported; remove the query (tokens go in variables)."
+                f"{shown}: URLs with '?' or '#' are not supported."
+                f" Fix: remove the query (tokens go in the provider's variables)."
             )
         if _CONTROL.search(text) or any(p in (".", "..") for p in parts.path.split("/")):
-            raise UserError(f"{shown}: '.' and '..' and control characters are not allowed in a storage URL.")
+            raise UserError(
+                f"{shown}: '.' and '..' and control characters are not allowed in a storage URL."
+                f" Fix: name the folder plainly."
+            )
         if scheme in _LOCAL_SCHEMES:
             if parts.netloc not in ("", "localhost"):
-                raise UserError(f"{shown}: a file URL names no host; use file:///absolute/path or a plain path.")
+                raise UserError(f"{shown}: a file URL names no host. Fix: use file:///absolute/path or a plain path.")
             return cls._local(Path(parts.path or "/"), create)
         if scheme not in fsspec.available_protocols():
             known = set(_EXTRAS) | set(_LOCAL_SCHEMES) | {"adl"}
             others = ", ".join(p for p in sorted(fsspec.available_protocols()) if p not in known)
             raise UserError(
                 f"{shown}: unknown storage scheme {scheme!r}. Known: s3, gs, abfs/az, file (fsspec also knows: "
-                f"{others}). A plain path works for local folders and mounted ones (NFS)."
+                f"{others}). Fix: use one of those, or a plain path for a local folder or a mount (NFS)."
             )
         try:
             fs_class = fsspec.get_filesystem_class(scheme)
         except ImportError as exc:
             if extra:
                 raise UserError(
-                    f"{shown}: {scheme}:// needs the {extra} extra ({_PACKAGES[extra]}): pip install 'gridrun[{extra}]'"
+                    f"{shown}: {scheme}:// needs the {extra} extra ({_PACKAGES[extra]})."
+                    f" Fix: pip install 'gridrun[{extra}]'"
                 ) from None
-            raise UserError(f"{shown}: {scheme}:// needs a library that is not installed: {_scrub(str(exc))}") from None
+            raise UserError(
+                f"{shown}: {scheme}:// needs a library that is not installed ({_scrub(str(exc))}). Fix: install it."
+            ) from None
         root = fs_class._strip_protocol(text).rstrip("/")
         if extra and not root.split("/")[0]:
-            raise UserError(f"{shown}: names no bucket; use {scheme}://bucket/prefix.")
+            raise UserError(f"{shown}: names no bucket. Fix: use {scheme}://bucket/prefix.")
         try:
             # A fresh instance: fsspec caches by arguments only, so a cached one would keep stale env credentials.
             fs = fs_class(**fs_class._get_kwargs_from_urls(text), skip_instance_cache=True)
         except Exception as exc:
             how = _CREDENTIALS.get(extra or "", "the provider's standard variables")
-            raise UserError(f"{shown}: cannot set up {scheme}:// ({_scrub(str(exc))}); check {how}.") from None
+            raise UserError(f"{shown}: cannot set up {scheme}:// ({_scrub(str(exc))}). Fix: check {how}.") from None
         return cls(fs=fs, root=root, url=shown, protocol=scheme, local=None, jail=None, create=create)
 
     @classmethod
@@ -232,21 +241,23 @@ class Storage:
 
     def _check_local(self, path: Path) -> None:
         if path.exists() and not path.is_dir():
-            raise UserError(f"{path} is a file, not a folder: choose a folder, or move the file away.")
+            raise UserError(f"{path} is a file, not a folder. Fix: choose a folder, or move the file away.")
         if not self.create:
             if not path.is_dir():
-                raise UserError(f"{path} does not exist: check the path (results are read from there).")
+                raise UserError(f"{path} does not exist. Fix: check the path (results are read from there).")
             if not os.access(path, os.R_OK | os.X_OK):
-                raise UserError(f"{path} is not readable: fix its permissions or choose another folder.")
+                raise UserError(f"{path} is not readable. Fix: correct its permissions or choose another folder.")
             return
         # The folder is created on first write, so find the nearest existing one that would hold it.
         existing = path
         while not os.path.lexists(existing) and existing != existing.parent:
             existing = existing.parent
         if not existing.is_dir():
-            raise UserError(f"{existing} is a file, so {path} cannot be created: choose another folder.")
+            raise UserError(f"{existing} is a file, so {path} cannot be created. Fix: choose another folder.")
         if not os.access(existing, os.W_OK | os.X_OK):
-            raise UserError(f"cannot write in {existing} (for {path}): fix its permissions or choose another folder.")
+            raise UserError(
+                f"cannot write in {existing} (for {path}). Fix: correct its permissions or choose another folder."
+            )
 
     def _check_remote(self) -> None:
         self._fresh()
@@ -262,16 +273,16 @@ class Storage:
                     self.fs.ls(self.root, detail=False)
         if self.root != bucket:
             if self.fs.isfile(self.root):
-                raise UserError(f"{self.url} is an object, not a folder: choose another prefix.")
+                raise UserError(f"{self.url} is an object, not a folder. Fix: choose another prefix.")
             if not self.create and not self.fs.exists(self.root):
-                raise UserError(f"{self.url} does not exist: check the URL (results are read from there).")
+                raise UserError(f"{self.url} does not exist. Fix: check the URL (results are read from there).")
 
     def _no_bucket(self, bucket: str) -> UserError:
         extra = _EXTRAS.get(self.protocol, "")
         make = _MAKE_BUCKET.get(extra, "").format(b=bucket)
         return UserError(
-            f"{self.url}: the bucket {bucket!r} does not exist (or is on another endpoint): fix the name, or create it"
-            + (f" (`{make}`)." if make else ".")
+            f"{self.url}: the bucket {bucket!r} does not exist (or is on another endpoint)."
+            f" Fix: correct the name, or create it" + (f" (`{make}`)." if make else ".")
         )
 
     def _explain(self, exc: BaseException) -> UserError:
@@ -293,15 +304,18 @@ class Storage:
             how = _CREDENTIALS.get(extra, "the provider's standard variables")
             return UserError(
                 f"{self.url}: access refused ({why}): the credentials are missing, wrong, or lack permission on "
-                f"{bucket!r}. Set {how} (values are never shown here)."
+                f"{bucket!r}. Fix: set {how} (values are never shown here)."
             )
         for x in chain:
             if "Connect" in type(x).__name__ or isinstance(x, ConnectionError | TimeoutError):
                 return UserError(
-                    f"{self.url}: cannot reach the endpoint {self._endpoint_host(x)}: check the network, and "
+                    f"{self.url}: cannot reach the endpoint {self._endpoint_host(x)}. Fix: check the network, and "
                     "AWS_ENDPOINT_URL (or the provider's endpoint setting) if the service is not the default one."
                 )
-        return UserError(f"{self.url}: cannot be used ({type(exc).__name__}: {_scrub(str(exc))}).")
+        return UserError(
+            f"{self.url}: cannot be used ({type(exc).__name__}: {_scrub(str(exc))})."
+            f" Fix: check the URL and the credentials."
+        )
 
     @staticmethod
     def _endpoint_host(exc: BaseException) -> str:
@@ -328,6 +342,11 @@ class Storage:
             jail=self._jail,
             create=self.create,
         )
+
+    @property
+    def key(self) -> str:
+        """One string per place: the same folder reached twice gives the same key."""
+        return str(self.local.resolve()) if self.local is not None else f"{self.protocol}://{self.root}"
 
     @property
     def name(self) -> str:
