@@ -110,8 +110,11 @@ def test_status_command_reads_the_results_folder(smoke) -> None:
     proc = gridrun("status", str(results))
     assert proc.returncode == 0
     assert "smoke/smoke-torch" in proc.stdout and "smoke/smoke-tf" in proc.stdout
-    empty = gridrun("status", str(results.parent / "nothing"))
-    assert empty.returncode == 2 and "is not a folder" in empty.stderr
+    missing = gridrun("status", str(results.parent / "nothing"))
+    assert missing.returncode == 2 and "does not exist. Fix:" in missing.stderr
+    (results.parent / "empty").mkdir()
+    empty = gridrun("status", str(results.parent / "empty"))
+    assert empty.returncode == 2 and "holds no runs" in empty.stderr and "Traceback" not in empty.stderr
 
 
 def test_failed_job_is_recorded_and_the_others_go_on(tmp_path: Path) -> None:

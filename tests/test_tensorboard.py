@@ -87,7 +87,7 @@ def test_job_logdirs_names_each_run_suite_slash_job(results: Path) -> None:
     everything = job_logdirs(results)
     assert set(everything) == {f"{s}/{j.name}" for s in ("smoke", "smoke-old") for j in (results / "smoke").iterdir()
                                if (j / "spec.json").is_file()}  # fmt: skip
-    assert everything["smoke-old/smoke-torch"] == results / "smoke-old" / "smoke-torch" / "tb"
+    assert everything["smoke-old/smoke-torch"].local.tb == results / "smoke-old" / "smoke-torch" / "tb"
     assert set(job_logdirs(results / "smoke")) == {n for n in everything if n.startswith("smoke/")}
     assert list(job_logdirs(results / "smoke" / "smoke-tf")) == ["smoke/smoke-tf"]
 
@@ -193,7 +193,7 @@ def test_tensorboard_serves_every_run_as_suite_slash_job(results: Path, smoke_re
 def test_tensorboard_mistakes_say_how_to_fix(tmp_path: Path, results: Path) -> None:
     proc = gridrun("tensorboard", str(tmp_path / "nowhere"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "is not a folder" in proc.stderr and "Fix:" in proc.stderr
+    assert "does not exist" in proc.stderr and "Fix:" in proc.stderr
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
