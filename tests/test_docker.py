@@ -106,7 +106,9 @@ def test_tag_follows_the_dockerfile_and_the_label_follows_the_code(tmp_path: Pat
     monkeypatch.setattr(images, "ROOT", root)
     tag, source = images.tag("torch"), images.source_hash("torch")
     assert tag.startswith(f"gridrun-torch:{images.__version__}-")
-    (root / "runner" / "worker.py").write_text((root / "runner" / "worker.py").read_text() + "\n# edited\n")
+    (root / "runner" / "train" / "worker.py").write_text(
+        (root / "runner" / "train" / "worker.py").read_text() + "\n# edited\n"
+    )
     assert images.tag("torch") == tag and images.source_hash("torch") != source
     (root / "docker" / "pip-ca" / "ca.crt").write_text("not part of the identity")
     source = images.source_hash("torch")
