@@ -13,6 +13,7 @@ Ray on the machine.
 """
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -183,6 +184,33 @@ class RayCluster:
         """The head's GCS and raylet gone (and all below them): the cluster has lost its head."""
         gcs = kill_trees(lambda cmd: "gcs_server " in cmd and str(self.temp) in cmd)
         return gcs + self.kill_node(self.head)
+
+    @contextlib.contextmanager
+    def pretend_release(self, ray_version: str, python_version: str):
+        """While inside: the cluster says it runs another Ray and Python release (the versions its head
+        recorded in the GCS, which every driver checks when it attaches). Test-only, so Ray's private GCS
+        client: Ray has no public way to start a cluster of another release here."""
+        recorded = self._cluster_metadata()
+        self._cluster_metadata({**recorded, "ray_version": ray_version, "python_version": python_version})
+        try:
+            yield
+        finally:
+            self._cluster_metadata(recorded)
+
+    def _cluster_metadata(self, new: dict | None = None) -> dict:
+        code = (
+            "import json, sys\n"
+            "from ray._raylet import GcsClient\n"
+            "gcs = GcsClient(address=sys.argv[1])\n"
+            "key, ns = b'CLUSTER_METADATA', b'cluster'\n"
+            "if len(sys.argv) > 2:\n"
+            "    gcs.internal_kv_put(key, sys.argv[2].encode(), overwrite=True, namespace=ns)\n"
+            "print(gcs.internal_kv_get(key, namespace=ns).decode())\n"
+        )
+        cmd = [sys.executable, "-c", code, self.address, *([json.dumps(new)] if new is not None else [])]
+        proc = subprocess.run(cmd, env=self.base_env(), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
 
     def stop(self) -> None:
         """Kill every process of this cluster (all carry its temp folder in their command line)."""

@@ -2,10 +2,11 @@
 
 Ranks, lowest first: a module may import gridrun modules of its own package or of a lower rank only.
 `train` (the worker) sees only the store and the schemas; the scheduler sees no framework; nothing but
-the CLI imports the CLI.
+the CLI imports the CLI. And gridrun uses Ray's public API only: no `ray._*` module, no generated stubs.
 """
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,65 @@ def test_driver_side_imports_no_framework_and_no_ray_in_the_worker() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+# Ray's private modules (ray._private, ray._raylet, ray._common, ...) and its generated protobuf stubs;
+# not dunders such as ray.__version__.
+RAY_PRIVATE = re.compile(r"^ray\.(_(?!_)|core\.generated\b)")
+
+
+def ray_private_uses(paths: list[Path]) -> list[str]:
+    """Each import of a private Ray module, each `ray._x` attribute, each such module named in a string."""
+    problems = []
+    for path in paths:
+        tree = ast.parse(path.read_text(), filename=str(path))
+        inner = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Attribute)}  # a.b of a.b.c
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                private = RAY_PRIVATE.match(node.module)
+                names = [node.module] if private else [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Attribute) and id(node) not in inner:  # ray._private.worker
+                parts = [node.attr]
+                value = node.value
+                while isinstance(value, ast.Attribute):
+                    parts.append(value.attr)
+                    value = value.value
+                if isinstance(value, ast.Name) and value.id == "ray":
+                    names = [".".join(["ray", *reversed(parts)])]
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):  # importlib.import_module(...)
+                names = [node.value]
+            where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+            problems += [f"{where}:{node.lineno} {n}" for n in names if RAY_PRIVATE.match(n)]
+    return sorted(set(problems))
+
+
+def test_runner_uses_only_public_ray() -> None:
+    assert ray_private_uses(sorted([*(ROOT / "runner").rglob("*.py"), *(ROOT / "schemas").rglob("*.py")])) == []
+
+
+def test_the_ray_checker_sees_private_uses(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import ray\n"
+        "import ray.util.scheduling_strategies\n"
+        "from ray.job_submission import JobSubmissionClient\n"
+        "from ray._private.utils import check_version_info\n"
+        "import ray._raylet\n"
+        "from ray import _private\n"
+        "from ray.core.generated import ray_client_pb2\n"
+        "x = ray._private.services\n"
+        "y = importlib.import_module('ray._common.usage')\n"
+        "z = ray.util.get_node_ip_address, ray.__version__\n"
+    )
+    found = sorted(p.split(" ", 1)[1] for p in ray_private_uses([probe]))
+    assert found == [
+        "ray._common.usage",
+        "ray._private",
+        "ray._private.services",
+        "ray._private.utils",
+        "ray._raylet",
+        "ray.core.generated",
+    ], found

@@ -140,13 +140,32 @@ def test_a_missing_or_wrong_token_is_refused_and_nothing_runs(head, tmp_path: Pa
     assert wrong.returncode == 2 and "refused the token" in flat(wrong.stderr), wrong.stderr
     assert "not-the-token" not in wrong.stdout + wrong.stderr
     for address in (head.address, head.client_address):  # attaching the driver itself: GCS and Ray Client
-        started = time.monotonic()
-        run = gridrun("run", str(suite), "--address", address, "--results", str(tmp_path / "results"),
-                      env=env_of(head, token="not-the-token"))  # fmt: skip
-        assert run.returncode == 2 and "refused the token" in flat(run.stderr), run.stdout + run.stderr
-        assert time.monotonic() - started < 30, "a refused token is told at once, not after Ray's retries"
+        for token, told in (("not-the-token", "refused the token"), (None, "and none was given")):
+            started = time.monotonic()
+            run = gridrun("run", str(suite), "--address", address, "--results", str(tmp_path / "results"),
+                          env=env_of(head, token=token))  # fmt: skip
+            assert run.returncode == 2 and told in flat(run.stderr), run.stdout + run.stderr
+            assert "Traceback" not in run.stderr and "not-the-token" not in run.stdout + run.stderr
+            assert time.monotonic() - started < 30, "a refused token is told at once, not after Ray's retries"
     assert not (tmp_path / "results").exists()
     assert submission_ids(head) == before, "nothing was submitted"
+
+
+def test_a_cluster_on_another_ray_release_is_refused_in_seconds(head, tmp_path: Path) -> None:
+    """A driver attaching (GCS and Ray Client) to a head that recorded another Ray and Python release."""
+    suite = suite_file(tmp_path, "elsewhere", 1)
+    with head.pretend_release("2.9.3", "3.10.12"):
+        for address in (head.address, head.client_address):
+            started = time.monotonic()
+            run = gridrun("run", str(suite), "--address", address, "--results", str(tmp_path / "results"),
+                          env=env_of(head))  # fmt: skip
+            message = flat(run.stderr)
+            assert run.returncode == 2 and "Traceback" not in message, run.stdout + run.stderr
+            assert f"the Ray cluster at {address} runs Ray 2.9.3 with Python 3.10.12" in message, message
+            assert "pip install 'ray[default]==2.9.3'" in message
+            assert time.monotonic() - started < 30, "told at once, not after Ray's retries"
+            assert TOKEN not in run.stdout + run.stderr
+    assert not (tmp_path / "results").exists()
 
 
 def test_beyond_this_machine_a_token_is_required_unless_insecure(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import sys
 from runner.cli import images, remote, report, run
 from runner.cli.app import app, err
 from runner.errors import UserError
+from runner.schedule import cluster as ray_cluster
 
 __all__ = ["app", "main"]
 
@@ -14,6 +15,9 @@ def main() -> None:
     """Console entry point: a user's mistake is one message and exit code 2, never a traceback."""
     # A shell's background job starts with SIGINT ignored; gridrun must still stop cleanly on Ctrl-C.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Ray reads RAY_AUTH_MODE once, when it is first imported (some verbs import it early): a token given in
+    # RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH turns token mode on before that.
+    ray_cluster.token_mode()
     for module in (run, images, report, remote):
         module.register(app)
     try:

@@ -9,14 +9,18 @@ The scheduler side of gridrun: it never imports a framework.
 
 import contextlib
 import ipaddress
+import json
 import logging
 import os
+import queue
 import re
 import signal
 import socket
+import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
+import threading
+import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -195,75 +199,168 @@ def check_reachable(
         raise UserError(f"cannot reach a Ray cluster at {address} ({e.strerror or e}). Fix: {fix}.") from None
 
 
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Hold back what Ray's C++ core prints while probing (retry warnings): gridrun says it in one message."""
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+# --- the preflight: one ray.init in a child process ------------------------------------------------
+
+# The last resort: each failure gridrun knows is told by what Ray prints within seconds (a refused token,
+# another release, nothing Ray-like at the address). A ray.init that has said nothing useful by then gives
+# up; a loaded head can take tens of seconds to let a Ray Client in, so no shorter.
+PREFLIGHT_S = 60.0
+_MARK = "gridrun-preflight:"
+# Run as `python -c`: attach as a driver exactly as gridrun will, and say how it went on one line.
+_PREFLIGHT_CODE = """
+import json, logging, sys, traceback
+address, mark = sys.argv[1], sys.argv[2]
+import ray
+try:
+    # DEBUG: Ray Client says why the server turned it away (a refused token) only at that level.
+    ray.init(address=address, log_to_driver=False,
+             logging_level=logging.DEBUG if address.startswith("ray://") else logging.WARNING)
+except BaseException as e:
+    text = "".join(traceback.format_exception(e))
+    print(mark + json.dumps({"error": type(e).__name__, "message": str(e), "text": text}), flush=True)
+    sys.exit(1)
+print(mark + json.dumps({"ok": True}), flush=True)
+ray.shutdown()
+"""
+# What Ray prints while it retries, each a verdict that needs no more waiting:
+# the GCS (C++ core) and Ray Client's server turning a token away, ...
+_REFUSED = re.compile(
+    r"Unauthenticated|InvalidAuthToken|authentication token is missing or incorrect|"
+    r"invalid or missing authentication token",
+    re.I,
+)
+# ... nothing that speaks Ray's gRPC at a GCS address, or at a Ray Client address.
+_SILENT = re.compile(r"Failed to connect to GCS at address \S+ within|Couldn't connect channel in")
+_NO_LOCAL = "Could not find any running Ray instance"
 
 
-def _preflight_gcs(target: Target, token: str | None) -> None:
-    """Ask the GCS once, before ray.init: a wrong token or another Ray version fails here in a second."""
-    import ray
-    from ray._common.usage.usage_lib import get_cluster_metadata
-    from ray._private.utils import check_version_info
-    from ray._raylet import GcsClient
+@dataclass(frozen=True)
+class Preflight:
+    """What the child's ray.init said: `lines` it printed, its verdict (if it got to one), whether it timed out."""
 
-    gcs = target.address
-    if target.kind == "auto":
-        from ray._private.services import canonicalize_bootstrap_address
+    lines: list[str]
+    result: dict | None = None
+    timed_out: bool = False
 
-        try:
-            gcs = canonicalize_bootstrap_address("auto")
-        except Exception:  # Ray raises ConnectionError and others when it finds no address file
-            gcs = None
-        if not gcs:
-            raise UserError(
-                "--address auto found no Ray cluster started on this machine. "
-                "Fix: start one with `ray start --head`, or give its address."
-            )
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def _watch(cmd: list[str], env: dict[str, str], timeout: float) -> Preflight:
+    """Run the child until it reports, Ray's output settles the question, or `timeout`; never leave it running."""
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+        env=env,
+        start_new_session=True,  # its own process group: killed as a whole, never by the user's Ctrl-C
+    )
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.put(line.rstrip("\n"))
+        lines.put(None)
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    seen: list[str] = []
+    result = None
+    timed_out = False
+    deadline = time.monotonic() + timeout
     try:
-        with _quiet_stderr():
-            client = GcsClient(address=gcs, cluster_id=None)
-            metadata = get_cluster_metadata(client)
-    except ray.exceptions.AuthenticationError:
-        raise token_refused(target.address, token) from None
-    if metadata:
-        try:
-            check_version_info(metadata, "this machine")
-        except RuntimeError as e:
-            raise (version_problem(target.address, str(e)) or UserError(str(e))) from None
+        while True:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                timed_out = True
+                break
+            if line is None:
+                break
+            if line.startswith(_MARK):
+                with contextlib.suppress(ValueError):
+                    result = json.loads(line[len(_MARK) :])
+                if result and result.get("ok"):
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        proc.wait(timeout=10)  # its ray.shutdown: the driver leaves the cluster cleanly
+                break
+            seen.append(line)
+            if _REFUSED.search(line) or _SILENT.search(line):
+                break
+    finally:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        reader.join(timeout=5)
+        if not reader.is_alive():
+            proc.stdout.close()
+    return Preflight(seen, result, timed_out)
 
 
-def _preflight_client(target: Target, token: str | None) -> None:
-    """Ping Ray Client's server with the token: its own connect would wait 30 s and not say why."""
-    if os.environ.get("RAY_USE_TLS", "0") not in ("0", ""):
-        return  # a TLS client server needs Ray's own channel set-up; ray.init reports its errors
-    import grpc
-    from ray.core.generated import ray_client_pb2, ray_client_pb2_grpc
-
-    metadata = [("authorization", f"Bearer {token}")] if token else []
-    with grpc.insecure_channel(f"{target.host}:{target.port}") as channel:
-        stub = ray_client_pb2_grpc.RayletDriverStub(channel)
-        try:
-            stub.ClusterInfo(
-                ray_client_pb2.ClusterInfoRequest(type=ray_client_pb2.ClusterInfoType.PING),
-                timeout=10,
-                metadata=metadata,
-            )
-        except grpc.RpcError as e:
-            if e.code() == grpc.StatusCode.UNAUTHENTICATED:
-                raise token_refused(target.address, token) from None
-            raise UserError(
-                f"the Ray Client server at {target.address} does not answer ({e.code().name}). "
+def preflight_problem(target: Target, token: str | None, outcome: Preflight) -> UserError | None:
+    """The one message for a preflight that did not connect, or None when it did."""
+    result = outcome.result or {}
+    if result.get("ok"):
+        return None
+    error, text = result.get("error", ""), result.get("text", "")
+    everything = f"{outcome.text}\n{text}"
+    if error == "AuthenticationError" or _REFUSED.search(everything):
+        return token_refused(target.address, token)
+    problem = version_problem(target.address, text)
+    if problem is not None:
+        return problem
+    if target.kind == "auto" and _NO_LOCAL in everything:
+        return UserError(
+            "--address auto found no Ray cluster started on this machine. "
+            "Fix: start one with `ray start --head`, or give its address."
+        )
+    if outcome.timed_out or _SILENT.search(everything) or "connection timeout" in text:
+        why = f"no answer within {PREFLIGHT_S:g} s" if outcome.timed_out else "nothing there answers as Ray"
+        if target.kind == "client":
+            return UserError(
+                f"the Ray Client server at {target.address} does not answer ({why}). "
                 "Fix: check the address (the head's Ray Client port, 10001 unless changed)."
-            ) from None
+            )
+        if target.kind == "auto":
+            return UserError(
+                "--address auto found a Ray cluster address on this machine ($RAY_ADDRESS, or the last cluster "
+                f"`ray start` started here) that does not answer ({why}). Fix: start one with `ray start --head` "
+                "(`ray stop` first clears a crashed one), or give its address."
+            )
+        return UserError(
+            f"the Ray cluster at {target.address} does not answer as a Ray head ({why}). Fix: give the head's "
+            "GCS address (host:6379 unless changed), ray://host:10001 for Ray Client, or auto."
+        )
+    message = result.get("message", "").strip()
+    if message:
+        said = f"{error}: {message.splitlines()[0]}" if error else message.splitlines()[0]
+    else:
+        said = next((ln.strip() for ln in reversed(outcome.lines) if ln.strip()), "the check ended without a word")
+    if token:
+        said = said.replace(token, "***")
+    return UserError(
+        f"cannot attach to the Ray cluster at {target.address}: {said[:300]}. "
+        "Fix: check the address and that the cluster runs the same Ray version as this driver."
+    )
+
+
+def _traceback(e: BaseException) -> str:
+    return "".join(traceback.format_exception(e))
+
+
+def preflight(target: Target, token: str | None, timeout: float = PREFLIGHT_S) -> None:
+    """Attach once from a short-lived child process, before this one does: a refused token, another Ray
+    release or an address that does not answer is told in seconds, in one message, without Ray's retries
+    (and their noise) in this process. The child carries this environment: RAY_AUTH_MODE and the token."""
+    cmd = [sys.executable, "-c", _PREFLIGHT_CODE, target.address, _MARK]
+    problem = preflight_problem(target, token, _watch(cmd, dict(os.environ), timeout))
+    if problem is not None:
+        raise problem
 
 
 def _code_runtime_env() -> dict:
@@ -277,27 +374,36 @@ def _code_runtime_env() -> dict:
     }
 
 
-def _token_mode() -> None:
-    """Have Ray's own loader send the token (RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH) on every connection."""
-    from ray._raylet import AuthenticationTokenLoader, Config
-
+def token_mode() -> bool:
+    """RAY_AUTH_MODE=token when a token is given ($RAY_AUTH_TOKEN or $RAY_AUTH_TOKEN_PATH): then Ray sends it on
+    every connection. Ray reads RAY_AUTH_MODE once, when it is first imported, so this must run before anything
+    imports ray: the CLI calls it first thing, `connect` again (for callers that are not the CLI). Whether Ray
+    is, or will be once imported, in token mode."""
+    if os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "token":
+        return True
+    if not (os.environ.get("RAY_AUTH_TOKEN", "").strip() or os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip()):
+        return False
+    if "ray" in sys.modules:  # too late: Ray has read its settings
+        return False
     os.environ["RAY_AUTH_MODE"] = "token"
-    Config.initialize("")  # Ray read its settings when imported: read them again
-    AuthenticationTokenLoader.instance().reset_cache()
+    return True
 
 
 def attach(address: str, insecure: bool = False) -> Target:
     """Checks, then ray.init on an existing cluster: token or --insecure, reachable, token accepted, same Ray."""
-    import ray
-
     target = parse_address(address)
     token = auth_token()
     require_token(address, target.host, token, insecure)
-    if token is not None:
-        _token_mode()
+    if token is not None and not token_mode():  # a programming error, not a user's
+        raise RuntimeError(
+            "ray was imported before RAY_AUTH_MODE=token was set, so it would attach without the token: "
+            "call runner.schedule.cluster.token_mode() before anything imports ray"
+        )
     if target.kind != "auto":
         check_reachable(address, target.host, target.port)
-    (_preflight_client if target.kind == "client" else _preflight_gcs)(target, token)
+    preflight(target, token)
+    import ray
+
     os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(GCS_RECONNECT_S))
     try:
         ray.init(
@@ -306,17 +412,9 @@ def attach(address: str, insecure: bool = False) -> Target:
             logging_level=logging.WARNING,
             runtime_env=_code_runtime_env(),
         )
-    except Exception as e:  # Ray raises several types for an unusable cluster
-        text = str(e)
-        if isinstance(e, ray.exceptions.AuthenticationError) or "Unauthenticated" in text:
-            raise token_refused(address, token) from None
-        raise (
-            version_problem(address, text)
-            or UserError(
-                f"cannot attach to the Ray cluster at {address}: {text.splitlines()[0] if text else type(e).__name__}. "
-                "Fix: check the address and that the cluster runs the same Ray version as this driver."
-            )
-        ) from None
+    except Exception as e:  # the preflight passed: the cluster changed since, or something it could not see
+        outcome = Preflight([], {"error": type(e).__name__, "message": str(e), "text": _traceback(e)})
+        raise (preflight_problem(target, token, outcome) or UserError(str(e))) from None
     return target
 
 
@@ -324,10 +422,11 @@ def connect(
     address: str | None = None, num_gpus: float | None = None, num_cpus: int | None = None, insecure: bool = False
 ) -> Cluster:
     """Start an embedded Ray (dashboard off, everything on 127.0.0.1) or attach to `address`."""
+    global _current
+    token_mode()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
-    global _current
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if ray.is_initialized():
         return _current or Cluster("local" if address is None else address, nodes())
     if address is not None:
