@@ -90,8 +90,8 @@ def test_submit_jobs_logs_and_fetch_with_the_token(head, tmp_path: Path) -> None
     assert "all 1 job(s) done" in logs.stdout
 
     fetched = tmp_path / "fetched"
-    fetch = gridrun("fetch", sid, "--results", str(fetched), "--address", head.jobs_api,
-                    "--ray-address", head.client_address, env=env_of(head), timeout=300)  # fmt: skip
+    fetch = gridrun("fetch", sid, "--results", str(fetched), "--address", head.jobs_api, env=env_of(head),
+                    timeout=300)  # fmt: skip
     outputs.append(fetch)
     assert fetch.returncode == 0, fetch.stdout + fetch.stderr
     assert re.search(r"fetched \d+ file\(s\)", fetch.stdout)
