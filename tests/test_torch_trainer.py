@@ -1,7 +1,6 @@
 """The PyTorch trainer, run for real: `python -m runner.train.worker` on job folders built by jobhelp."""
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -288,29 +287,3 @@ def test_a_file_that_is_not_a_state_dict_is_refused(tmp_path: Path) -> None:
 
 
 # --- real data ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-def test_alexnet_learns_digits_from_scratch(tmp_path: Path) -> None:
-    """AlexNet, random init, on scikit-learn's digits upscaled to 64 px: >= 90% test accuracy on CPU.
-
-    Measured on 2 cores: 96.7% after 6 epochs (89.6% after 5), about 2 minutes on an idle machine.
-    """
-    paths = make_job(
-        tmp_path,
-        dataset={"name": "digits", "image_size": 64, "limit": None},
-        train={
-            "epochs": 6,
-            "batch_size": 64,
-            "optimizer": {"name": "adam", "lr": 2e-4},
-            # No flip: a mirrored digit is another shape. No crop: digits are centred 8 px images,
-            # where the smallest shift (1 px) is an eighth of the side; it halves the learning speed.
-            "augment": {"horizontal_flip": False, "random_crop": False},
-        },
-    )
-    started = time.monotonic()
-    proc = run_worker(paths, tmp_path / "cache", timeout=600)
-    assert proc.returncode == 0, proc.stdout
-    result = RunResult.model_validate_json(paths.result.read_text())
-    print(f"digits: {result.final_test_accuracy:.2%} in {time.monotonic() - started:.0f}s")
-    assert result.final_test_accuracy >= 0.90, proc.stdout
