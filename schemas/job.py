@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from schemas.base import SafeName, Strict
+from schemas.registry import ARCHS, Parameters
 
 Framework = Literal["torch", "tensorflow"]
 Arch = Literal["alexnet", "vgg16", "resnet18"]
@@ -81,6 +82,10 @@ class ModelSpec(Strict):
     @property
     def pretrained(self) -> bool:
         return self.weights != "none"
+
+    def parameters(self, classes: int) -> Parameters:
+        """Total and trainable parameters of this model with a `classes` head, by arithmetic (no framework)."""
+        return ARCHS[self.arch].count(classes, self.classifier_width, self.freeze_backbone)
 
 
 class OptimizerSpec(Strict):
