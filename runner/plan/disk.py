@@ -10,7 +10,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.train import data
 from schemas import JobSpec
+from schemas.registry import DATASETS
 
 FLOAT_BYTES = 4
 
@@ -29,10 +31,13 @@ class Need:
 
 
 def _classes(spec: JobSpec) -> int:
+    """The dataset's classes as declared; for a folder of the user's, its class sub-folders (10 while absent)."""
     ds = spec.dataset
-    if ds.name == "imagefolder" and ds.path and Path(ds.path).expanduser().is_dir():
-        return max(1, sum(1 for p in Path(ds.path).expanduser().iterdir() if p.is_dir()))
-    return 10
+    declared = DATASETS[ds.name].classes
+    if declared is not None:
+        return declared
+    root = Path(ds.path or "").expanduser()
+    return max(1, len(data.class_folders(root))) if ds.path and root.is_dir() else 10
 
 
 def need(spec: JobSpec) -> Need:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.report.document import Figure
-from runner.report.tables import FRAMEWORK_NAMES, Pair
+from runner.report.tables import Pair, framework_name
 from schemas import RunResult
 
 # Bump when the look of the plots changes, so cached files are drawn again.
@@ -290,7 +290,7 @@ def draw_frameworks(rows: list[list[Any]]) -> Any:
     axes = fig.subplots(1, 2)
     x = list(range(len(rows)))
     for side, colour in enumerate(("#ee4c2c", "#ff8f00")):  # PyTorch's and TensorFlow's colours
-        name = FRAMEWORK_NAMES[("torch", "tensorflow")[side]]
+        name = framework_name(("torch", "tensorflow")[side])
         offset = [i + (side - 0.5) * 0.38 for i in x]
         axes[0].bar(offset, [r[1][side] for r in rows], width=0.38, color=colour, label=name)
         axes[1].bar(offset, [r[2][side] for r in rows], width=0.38, color=colour)

@@ -8,9 +8,15 @@ from pathlib import Path
 from runner.report.document import MISSING, Cell, Table, count, duration, pct, rate
 from runner.report.runs import PROBLEM_STATES, Run
 from schemas import JobSpec, RunResult, Substitution
+from schemas.registry import FRAMEWORKS
 
-FRAMEWORK_NAMES = {"torch": "PyTorch", "tensorflow": "TensorFlow"}
 Label = Callable[[Run], str]
+
+
+def framework_name(framework: str) -> str:
+    """How the report names a framework: its declared display name (the name itself if undeclared)."""
+    declared = FRAMEWORKS.get(framework)
+    return declared.display if declared is not None else framework
 
 
 def weights_label(spec: JobSpec, substitutions: list[Substitution]) -> str:
@@ -68,7 +74,7 @@ def summary_table(runs: list[Run], label: Label) -> Table:
         described = [MISSING] * 4
         if spec is not None:
             described = [
-                FRAMEWORK_NAMES.get(spec.framework, spec.framework),
+                framework_name(spec.framework),
                 spec.model.arch,
                 weights_label(spec, run.substitutions),
                 dataset_label(spec, run.substitutions),
@@ -228,7 +234,7 @@ def conclusion(runs: list[Run], label: Label) -> list[str]:
         run, best = max(finished, key=lambda rr: (rr[1].best_test_accuracy, -rr[1].timing.total_seconds))
         spec = best.spec
         lines.append(
-            f"Best run: **{label(run)}** ({FRAMEWORK_NAMES.get(spec.framework, spec.framework)} {spec.model.arch}, "
+            f"Best run: **{label(run)}** ({framework_name(spec.framework)} {spec.model.arch}, "
             f"{weights_label(spec, best.substitutions)}, {dataset_label(spec, best.substitutions)}) with "
             f"{pct(best.best_test_accuracy)} test accuracy at its best epoch, {best.best_epoch} of "
             f"{len(best.epochs)} (final {pct(best.final_test_accuracy)})."
