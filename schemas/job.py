@@ -16,9 +16,11 @@ from schemas.registry import (
     FRAMEWORKS,
     Parameters,
     Registered,
+    framework_of_file,
     plain,
     weights_suffixes,
     with_hidden_layers,
+    with_imagenet,
 )
 
 # Names declared in schemas.registry, checked against it whenever a spec is validated.
@@ -30,6 +32,10 @@ ExecutorName = Annotated[str, Registered(EXECUTORS, "executor", extra=(AUTO_EXEC
 # Ray node labels: a key like gpu-type or ray.io/accelerator-type; a value, optionally negated or a set.
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,252}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^!?([A-Za-z0-9._-]{1,63}|in\([A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*\))$")
+
+
+def _always_at_hand() -> list[str]:
+    return [d.name for d in DATASETS.values() if d.offline]
 
 
 class DatasetSpec(Strict):
@@ -64,6 +70,14 @@ class DatasetSpec(Strict):
             problems.add(
                 "fallback",
                 f"fallback {self.fallback!r} is the dataset itself: name another dataset or remove it",
+                self.fallback,
+            )
+        elif self.fallback is not None and DATASETS[self.fallback].needs_path:
+            # A substitute gets no dataset.path: the path named belongs to the dataset it stands in for.
+            problems.add(
+                "fallback",
+                f"fallback {self.fallback!r} needs a folder of its own, which a substitute does not get. "
+                f"Fix: name a dataset that is always at hand ({plain(_always_at_hand())}), or remove fallback",
                 self.fallback,
             )
         problems.raise_any()
@@ -124,6 +138,18 @@ class OptimizerSpec(Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (PyTorch's definition).")
     nesterov: bool = Field(False, description="Nesterov momentum for SGD.")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay (L2 for sgd/adam, decoupled for adamw).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "OptimizerSpec":
+        problems = Problems(self)
+        if self.name == "sgd" and self.nesterov and self.momentum == 0:
+            problems.add(
+                "nesterov",
+                "nesterov needs momentum above 0. Fix: set train.optimizer.momentum (e.g. 0.9), or nesterov: false",
+                self.nesterov,
+            )
+        problems.raise_any()
+        return self
 
 
 class ScheduleSpec(Strict):
@@ -220,8 +246,30 @@ class JobSpec(Strict):
                 f"image_size {self.dataset.image_size} is too small for {self.model.arch}: use at least {low}",
                 self.dataset.image_size,
             )
+        self._check_weights(problems)
         problems.raise_any()
         return self
+
+    def _check_weights(self, problems: Problems) -> None:
+        """ImageNet weights this framework has for the arch; a weights file of this framework's kind."""
+        weights, arch, framework = self.model.weights, self.model.arch, FRAMEWORKS[self.framework]
+        if weights == "imagenet" and self.framework not in ARCHS[arch].imagenet:
+            offered = ", ".join(with_imagenet(self.framework)) or "none"
+            problems.add(
+                "model.weights",
+                f"{self.framework} has no ImageNet weights for {arch} (offered: {offered}). "
+                "Fix: use weights: none, or weights: <path to a weights file>",
+                weights,
+            )
+        elif weights not in ("none", "imagenet"):
+            owner = framework_of_file(weights)
+            if owner is not None and owner.name != self.framework:
+                problems.add(
+                    "model.weights",
+                    f"weights file {weights} is a {owner.display} file; a {self.framework} job loads "
+                    f"{framework.weights_kind}. Fix: {framework.weights_fix}; or use weights: none or imagenet",
+                    weights,
+                )
 
     def canonical_json(self) -> str:
         """The spec as canonical JSON (sorted keys, no spaces): the input of its hash."""
