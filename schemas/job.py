@@ -3,30 +3,45 @@
 import hashlib
 import json
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from schemas.base import SafeName, Strict
+from schemas.base import Problems, SafeName, Strict
+from schemas.registry import (
+    ARCHS,
+    AUTO_EXECUTOR,
+    DATASETS,
+    EXECUTORS,
+    FRAMEWORKS,
+    Parameters,
+    Registered,
+    framework_of_file,
+    plain,
+    weights_suffixes,
+    with_hidden_layers,
+    with_imagenet,
+)
 
-Framework = Literal["torch", "tensorflow"]
-Arch = Literal["alexnet", "vgg16", "resnet18"]
-DatasetName = Literal["cifar10", "digits", "synthetic", "imagefolder"]
-ExecutorName = Literal["auto", "process", "docker"]
+# Names declared in schemas.registry, checked against it whenever a spec is validated.
+FrameworkName = Annotated[str, Registered(FRAMEWORKS, "framework")]
+ArchName = Annotated[str, Registered(ARCHS, "architecture")]
+DatasetName = Annotated[str, Registered(DATASETS, "dataset")]
+ExecutorName = Annotated[str, Registered(EXECUTORS, "executor", extra=(AUTO_EXECUTOR,))]
 
-# Smallest input side each architecture accepts: AlexNet's strided convolution and three
-# max-pools need 63 px; VGG16's and ResNet18's five halvings need 32.
-MIN_IMAGE_SIZE: dict[str, int] = {"alexnet": 63, "vgg16": 32, "resnet18": 32}
-WEIGHTS_FILE_SUFFIXES = (".pth", ".pt", ".h5", ".keras")
 # Ray node labels: a key like gpu-type or ray.io/accelerator-type; a value, optionally negated or a set.
 _LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,252}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^!?([A-Za-z0-9._-]{1,63}|in\([A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*\))$")
 
 
+def _always_at_hand() -> list[str]:
+    return [d.name for d in DATASETS.values() if d.offline]
+
+
 class DatasetSpec(Strict):
     """Which images a run trains on and how they are split."""
 
-    name: DatasetName = Field("cifar10", description="Dataset: cifar10, digits, synthetic or imagefolder.")
+    name: DatasetName = Field("cifar10", description=f"Dataset: {plain(list(DATASETS))}.")
     image_size: int = Field(224, ge=8, le=1024, description="Side in pixels the images are resized to.")
     limit: int | None = Field(
         None, ge=10, description="Use at most this many training images; validation and test shrink alike."
@@ -45,42 +60,74 @@ class DatasetSpec(Strict):
     )
 
     @model_validator(mode="after")
-    def _imagefolder_needs_path(self) -> "DatasetSpec":
-        if self.name == "imagefolder" and not self.path:
-            raise ValueError("dataset imagefolder needs 'path': the folder holding one sub-folder per class")
+    def _check(self) -> "DatasetSpec":
+        problems = Problems(self)
+        if DATASETS[self.name].needs_path and not self.path:
+            problems.add(
+                "path", f"dataset {self.name} needs 'path': the folder holding one sub-folder per class", self.path
+            )
         if self.fallback == self.name:
-            raise ValueError(f"fallback {self.fallback!r} is the dataset itself: name another dataset or remove it")
+            problems.add(
+                "fallback",
+                f"fallback {self.fallback!r} is the dataset itself: name another dataset or remove it",
+                self.fallback,
+            )
+        elif self.fallback is not None and DATASETS[self.fallback].needs_path:
+            # A substitute gets no dataset.path: the path named belongs to the dataset it stands in for.
+            problems.add(
+                "fallback",
+                f"fallback {self.fallback!r} needs a folder of its own, which a substitute does not get. "
+                f"Fix: name a dataset that is always at hand ({plain(_always_at_hand())}), or remove fallback",
+                self.fallback,
+            )
+        problems.raise_any()
         return self
 
 
 class ModelSpec(Strict):
     """Architecture, initial weights and head."""
 
-    arch: Arch = Field(description="Architecture: alexnet, vgg16 or resnet18.")
+    arch: ArchName = Field(description=f"Architecture: {plain(list(ARCHS))}.")
     weights: str = Field("none", description="Initial weights: none (random), imagenet, or a path to a weights file.")
     weights_fallback: Literal["none"] | None = Field(
         None, description="Declared substitute when ImageNet weights cannot be had: none = random initial weights."
     )
     freeze_backbone: bool = Field(False, description="Train only the classifier head.")
     classifier_width: int | None = Field(
-        None, ge=8, description="Width of the hidden dense layers of the classifier (alexnet/vgg16 default 4096)."
+        None,
+        ge=8,
+        description=f"Width of the hidden dense layers of the classifier ({'/'.join(with_hidden_layers())}; "
+        "default: torchvision's, 4096).",
     )
     dropout: float = Field(0.5, ge=0, lt=1, description="Dropout rate in the classifier.")
 
     @model_validator(mode="after")
-    def _check_weights(self) -> "ModelSpec":
-        if self.weights not in ("none", "imagenet") and not self.weights.endswith(WEIGHTS_FILE_SUFFIXES):
-            raise ValueError(
+    def _check(self) -> "ModelSpec":
+        problems = Problems(self)
+        if self.weights not in ("none", "imagenet") and not self.weights.endswith(weights_suffixes()):
+            problems.add(
+                "weights",
                 f"weights {self.weights!r} is not none, imagenet, or a weights file "
-                f"(a path ending in {', '.join(WEIGHTS_FILE_SUFFIXES)})"
+                f"(a path ending in {', '.join(weights_suffixes())})",
+                self.weights,
             )
-        if self.classifier_width is not None and self.arch == "resnet18":
-            raise ValueError("classifier_width applies to alexnet and vgg16; resnet18 has a single linear head")
+        if self.classifier_width is not None and ARCHS[self.arch].default_width is None:
+            problems.add(
+                "classifier_width",
+                f"classifier_width applies to {plain(with_hidden_layers(), 'and')}; {self.arch} has a single "
+                "linear head. Fix: remove classifier_width",
+                self.classifier_width,
+            )
+        problems.raise_any()
         return self
 
     @property
     def pretrained(self) -> bool:
         return self.weights != "none"
+
+    def parameters(self, classes: int) -> Parameters:
+        """Total and trainable parameters of this model with a `classes` head, by arithmetic (no framework)."""
+        return ARCHS[self.arch].count(classes, self.classifier_width, self.freeze_backbone)
 
 
 class OptimizerSpec(Strict):
@@ -91,6 +138,18 @@ class OptimizerSpec(Strict):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (PyTorch's definition).")
     nesterov: bool = Field(False, description="Nesterov momentum for SGD.")
     weight_decay: float = Field(0.0, ge=0, description="Weight decay (L2 for sgd/adam, decoupled for adamw).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "OptimizerSpec":
+        problems = Problems(self)
+        if self.name == "sgd" and self.nesterov and self.momentum == 0:
+            problems.add(
+                "nesterov",
+                "nesterov needs momentum above 0. Fix: set train.optimizer.momentum (e.g. 0.9), or nesterov: false",
+                self.nesterov,
+            )
+        problems.raise_any()
+        return self
 
 
 class ScheduleSpec(Strict):
@@ -168,23 +227,49 @@ class JobSpec(Strict):
     """One run: framework, model, data, training and resources."""
 
     name: SafeName = Field(description="Job name; also its folder name under the suite's results.")
-    framework: Framework = Field(description="torch or tensorflow.")
+    framework: FrameworkName = Field(description=f"Framework: {plain(list(FRAMEWORKS))}.")
     model: ModelSpec = Field(description="Model.")
     dataset: DatasetSpec = Field(default_factory=DatasetSpec, description="Dataset.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="Training.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Resources.")
-    executor: ExecutorName = Field("auto", description="auto, process or docker.")
+    executor: ExecutorName = Field(AUTO_EXECUTOR, description=f"{plain([AUTO_EXECUTOR, *EXECUTORS])}.")
     image: str | None = Field(None, description="Docker image with the worker installed; default: the framework's.")
     description: str = Field("", description="Free text shown in the report.")
 
     @model_validator(mode="after")
-    def _image_big_enough(self) -> "JobSpec":
-        low = MIN_IMAGE_SIZE[self.model.arch]
+    def _check(self) -> "JobSpec":
+        problems = Problems(self)
+        low = ARCHS[self.model.arch].min_image_size
         if self.dataset.image_size < low:
-            raise ValueError(
-                f"dataset.image_size {self.dataset.image_size} is too small for {self.model.arch}: use at least {low}"
+            problems.add(
+                "dataset.image_size",
+                f"image_size {self.dataset.image_size} is too small for {self.model.arch}: use at least {low}",
+                self.dataset.image_size,
             )
+        self._check_weights(problems)
+        problems.raise_any()
         return self
+
+    def _check_weights(self, problems: Problems) -> None:
+        """ImageNet weights this framework has for the arch; a weights file of this framework's kind."""
+        weights, arch, framework = self.model.weights, self.model.arch, FRAMEWORKS[self.framework]
+        if weights == "imagenet" and self.framework not in ARCHS[arch].imagenet:
+            offered = ", ".join(with_imagenet(self.framework)) or "none"
+            problems.add(
+                "model.weights",
+                f"{self.framework} has no ImageNet weights for {arch} (offered: {offered}). "
+                "Fix: use weights: none, or weights: <path to a weights file>",
+                weights,
+            )
+        elif weights not in ("none", "imagenet"):
+            owner = framework_of_file(weights)
+            if owner is not None and owner.name != self.framework:
+                problems.add(
+                    "model.weights",
+                    f"weights file {weights} is a {owner.display} file; a {self.framework} job loads "
+                    f"{framework.weights_kind}. Fix: {framework.weights_fix}; or use weights: none or imagenet",
+                    weights,
+                )
 
     def canonical_json(self) -> str:
         """The spec as canonical JSON (sorted keys, no spaces): the input of its hash."""

@@ -4,6 +4,7 @@ from pydantic import Field
 
 from schemas.base import Strict
 from schemas.job import JobSpec
+from schemas.registry import EXECUTORS, FRAMEWORKS, plain
 
 
 class EpochRecord(Strict):
@@ -48,14 +49,14 @@ class Substitution(Strict):
 class Environment(Strict):
     """Where and with what the run executed."""
 
-    framework: str = Field(description="torch or tensorflow.")
+    framework: str = Field(description=f"Framework: {plain(list(FRAMEWORKS))}.")
     framework_version: str = Field(description="Version of the framework.")
     python_version: str = Field(description="Version of Python.")
     device: str = Field(description="cuda, mps or cpu.")
     device_name: str = Field(description="e.g. the GPU's product name.")
     mixed_precision: str = Field(description="bf16 or off.")
     hostname: str = Field(description="Host (or container) name.")
-    executor: str = Field("", description="process or docker.")
+    executor: str = Field("", description=f"{plain(list(EXECUTORS))}.")
     image: str = Field("", description="Docker image, when run in one.")
     image_digest: str = Field("", description="Docker image id.")
     libraries: dict[str, str] = Field(default_factory=dict, description="Other library versions.")

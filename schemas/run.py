@@ -4,6 +4,7 @@ from pydantic import Field
 
 from schemas.base import Strict
 from schemas.job import JobSpec
+from schemas.registry import EXECUTORS, plain
 from schemas.result import Substitution
 
 
@@ -18,5 +19,5 @@ class SpecFile(Strict):
     declared: JobSpec = Field(description="The job as the suite declares it (after defaults and profile).")
     spec: JobSpec = Field(description="The job as it runs: declared, with any declared substitute applied.")
     substitutions: list[Substitution] = Field(default_factory=list, description="Declared substitutes in use.")
-    executor: str = Field("", description="Executor chosen for it: process or docker.")
+    executor: str = Field("", description=f"Executor chosen for it: {plain(list(EXECUTORS))}.")
     image: str = Field("", description="Docker image, when run in one.")

@@ -6,6 +6,7 @@ from enum import StrEnum
 from pydantic import Field
 
 from schemas.base import Strict
+from schemas.registry import EXECUTORS, plain
 
 
 class JobState(StrEnum):
@@ -32,7 +33,7 @@ class RunStatus(Strict):
     exit_code: int | None = Field(None, description="Exit code of the worker, when it ended.")
     reason: str = Field("", description="Why the run failed, was skipped or was cancelled.")
     log: str = Field("log.txt", description="The run's log file, relative to its folder.")
-    executor: str = Field("", description="Executor that ran it: process or docker.")
+    executor: str = Field("", description=f"Executor that ran it: {plain(list(EXECUTORS))}.")
     node: str = Field("", description="Host name of the node that ran it.")
     gpu_ids: list[str] = Field(default_factory=list, description="GPU ids the scheduler assigned.")
     queued_at: datetime | None = Field(None, description="When the run was queued (UTC).")

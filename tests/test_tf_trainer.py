@@ -227,17 +227,8 @@ def test_imagenet_vgg16_loads_the_keras_applications_file_from_the_cache(tmp_pat
 
 
 # --- a user's mistakes -------------------------------------------------------------------------------
-
-
-def test_architectures_without_tensorflow_imagenet_weights_are_refused(tmp_path: Path) -> None:
-    for arch in ("alexnet", "resnet18"):
-        paths = make_job(tmp_path, framework="tensorflow", arch=arch, name=arch, model={"weights": "imagenet"})
-        assert_user_error(
-            run_worker(paths, tmp_path / "cache"),
-            paths,
-            f"tensorflow has no ImageNet weights for {arch} (offered: vgg16)",
-            "Fix: use weights: none",
-        )
+# Those the spec alone shows (ImageNet weights tensorflow lacks, a PyTorch weights file, nesterov
+# without momentum) are refused when the suite is loaded: tests/test_spec_checks.py.
 
 
 def test_missing_imagenet_vgg16_names_the_path_to_fill(tmp_path: Path) -> None:
@@ -256,7 +247,6 @@ def test_missing_imagenet_vgg16_names_the_path_to_fill(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("file", "content", "message"),
     [
-        ("model.pth", "torch", "is a PyTorch file; a tensorflow job loads Keras weights"),
         ("notes.h5", "not weights", "cannot be loaded into keras alexnet"),
         ("gone.weights.h5", None, "does not exist"),
         ("vgg16_notop.h5", "vgg16", "cannot be loaded into keras alexnet"),
@@ -271,9 +261,3 @@ def test_weights_it_cannot_load_are_refused(tmp_path: Path, file: str, content: 
         path.write_text(content)
     paths = make_job(tmp_path, framework="tensorflow", model={"weights": str(path), "classifier_width": 64})
     assert_user_error(run_worker(paths, tmp_path / "cache"), paths, f"weights file {path} {message}", "Fix:")
-
-
-def test_nesterov_without_momentum_is_a_user_error(tmp_path: Path) -> None:
-    paths = make_job(tmp_path, framework="tensorflow", model={"classifier_width": 64},
-                     train={"optimizer": {"name": "sgd", "momentum": 0, "nesterov": True}})  # fmt: skip
-    assert_user_error(run_worker(paths, tmp_path / "cache"), paths, "nesterov needs momentum above 0", "Fix:")

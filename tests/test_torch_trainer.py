@@ -10,13 +10,12 @@ from jobhelp import job_spec, kill_after_first_epoch, make_job, resume_and_check
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from runner.errors import UserError
 from runner.store.layout import write_json
 from runner.train import torch_models
 from runner.train.common import TAGS
-from runner.train.torch_trainer import Pipeline, make_optimizer
+from runner.train.torch_trainer import Pipeline
 from runner.train.weights import imagenet_path
-from schemas import ModelSpec, RunResult, TrainSpec
+from schemas import ModelSpec, RunResult
 
 
 def linear(n_in: int, n_out: int) -> int:
@@ -107,12 +106,6 @@ def test_epoch_randomness_is_seeded_and_bounded() -> None:
     shifts = a[1]
     assert shifts.min() == -4 and shifts.max() == 4 and torch.equal(shifts, shifts.round())  # 0.125 * 32 px
     assert 400 < int(a[2].sum()) < 600
-
-
-def test_nesterov_without_momentum_is_a_user_error() -> None:
-    train = TrainSpec(optimizer={"name": "sgd", "momentum": 0, "nesterov": True})
-    with pytest.raises(UserError, match=r"nesterov needs momentum above 0.*Fix: set train.optimizer.momentum"):
-        make_optimizer([torch.nn.Parameter(torch.zeros(1))], train)
 
 
 # --- whole runs through the worker -----------------------------------------------------------------

@@ -1,11 +1,15 @@
-"""Executors: `process` (the host's Python) and `docker` (the framework's image), and `auto`."""
+"""Executors, as schemas.registry declares them: `process` (the host's Python) and `docker` (the
+framework's image); and `auto`, docker where it works, else process."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import import_module
 
 from runner.errors import UserError
 from runner.execute.base import Executor, Launch, Outcome
 from schemas import JobSpec
+from schemas.registry import AUTO_EXECUTOR, EXECUTORS, quoted
+from schemas.registry import Executor as ExecutorEntry
 
 __all__ = ["Choice", "Executor", "Launch", "Outcome", "choose", "get"]
 
@@ -22,8 +26,9 @@ class Choice:
 def choose(requested: str, spec: JobSpec, build: bool = False, say: Callable[[str], None] = print) -> Choice:
     """Resolve auto / process / docker for one job. `docker` that cannot work is a UserError. With
     `build` (a run, not a plan), a framework image that is missing or out of date is built first."""
-    if requested == "process":
-        return Choice("process", "asked for")
+    if requested not in (AUTO_EXECUTOR, "docker"):  # only docker is probed; any other is taken as asked
+        _declared(requested)
+        return Choice(requested, "asked for")
     from runner.execute import docker
 
     ok, why = docker.probe(spec, build, say)
@@ -39,11 +44,12 @@ def choose(requested: str, spec: JobSpec, build: bool = False, say: Callable[[st
 
 
 def get(name: str) -> Executor:
-    """An executor by name."""
-    if name == "docker":
-        from runner.execute.docker import DockerExecutor
+    """An executor by name, its module imported only now."""
+    module, _, cls = _declared(name).implementation.partition(":")
+    return getattr(import_module(module), cls)()
 
-        return DockerExecutor()
-    from runner.execute.process import ProcessExecutor
 
-    return ProcessExecutor()
+def _declared(name: str) -> ExecutorEntry:
+    if name not in EXECUTORS:
+        raise UserError(f"unknown executor {name!r}. Fix: use one of {quoted([AUTO_EXECUTOR, *EXECUTORS])}.")
+    return EXECUTORS[name]

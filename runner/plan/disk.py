@@ -2,16 +2,17 @@
 
 A checkpoint is float32: `last` holds every parameter plus the optimizer's state for each trainable
 one (Adam keeps two slots, SGD with momentum one), `best` the parameters alone; while `last` is
-rewritten its old copy still exists. Both frameworks build the same models with the same counts, so
-the count comes from the PyTorch model, built on the meta device (no memory, no weights).
+rewritten its old copy still exists. Both frameworks build the same models with the same counts, which
+the architecture's declaration computes (schemas.registry): no framework is imported to size a plan.
 """
 
 import shutil
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
+from runner.train import data
 from schemas import JobSpec
+from schemas.registry import DATASETS
 
 FLOAT_BYTES = 4
 
@@ -30,32 +31,18 @@ class Need:
 
 
 def _classes(spec: JobSpec) -> int:
+    """The dataset's classes as declared; for a folder of the user's, its class sub-folders (10 while absent)."""
     ds = spec.dataset
-    if ds.name == "imagefolder" and ds.path and Path(ds.path).expanduser().is_dir():
-        return max(1, sum(1 for p in Path(ds.path).expanduser().iterdir() if p.is_dir()))
-    return 10
-
-
-@cache
-def _counts(model_json: str, classes: int) -> tuple[int, int]:
-    """(total, trainable) parameters of a model spec; ImportError without PyTorch."""
-    import torch
-
-    from runner.train import torch_models
-    from schemas import ModelSpec
-
-    model_spec = ModelSpec.model_validate_json(model_json)
-    with torch.device("meta"):
-        model = torch_models.build(model_spec, classes)
-    if model_spec.freeze_backbone:
-        torch_models.freeze_backbone(model, model_spec.arch)
-    trainable, total = torch_models.parameter_counts(model)
-    return total, trainable
+    declared = DATASETS[ds.name].classes
+    if declared is not None:
+        return declared
+    root = Path(ds.path or "").expanduser()
+    return max(1, len(data.class_folders(root))) if ds.path and root.is_dir() else 10
 
 
 def need(spec: JobSpec) -> Need:
     """The checkpoint bytes of one job (upper bound: BatchNorm buffers and metadata are left out)."""
-    total, trainable = _counts(spec.model.model_dump_json(), _classes(spec))
+    total, trainable = spec.model.parameters(_classes(spec))
     opt = spec.train.optimizer
     slots = 2 if opt.name in ("adam", "adamw") else (1 if opt.momentum > 0 else 0)
     return Need(spec.name, FLOAT_BYTES * (total + slots * trainable), FLOAT_BYTES * total)
@@ -73,10 +60,7 @@ def check(specs: list[JobSpec], results: Path) -> tuple[str, bool]:
     """A line for the plan (the checkpoints' size against the free space) and whether it is a warning."""
     if not specs:
         return "", False
-    try:
-        needs = [need(s) for s in specs]
-    except ImportError:  # a host without PyTorch cannot count; the run still says so on a full disk
-        return "", False
+    needs = [need(s) for s in specs]
     # Every job keeps its last and best; one rewrite of `last` at a time needs room for a second copy.
     total = sum(n.total for n in needs) + max(n.last for n in needs)
     free = free_bytes(results)

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from runner.report.document import Figure
-from runner.report.tables import FRAMEWORK_NAMES, Pair
+from runner.report.tables import Comparison, compared_frameworks, framework_name
 from schemas import RunResult
+from schemas.registry import FRAMEWORKS
 
 # Bump when the look of the plots changes, so cached files are drawn again.
 STYLE_VERSION = 2
@@ -114,18 +115,20 @@ class Plotter:
         points = [(label, r.timing.total_seconds / 60, r.best_test_accuracy * 100) for label, r in runs]
         return self._plot("tradeoff.png", "Test accuracy at the best epoch against wall time", draw_tradeoff, points)
 
-    def frameworks(self, pairs: list[Pair]) -> Figure:
-        """The same model in PyTorch and TensorFlow: accuracy and wall time side by side."""
+    def frameworks(self, comparisons: list[Comparison]) -> Figure:
+        """The same model in each framework: accuracy and wall time side by side, a bar per framework."""
+        frameworks = compared_frameworks(comparisons)
+        series = [(framework_name(f), FRAMEWORKS[f].colour if f in FRAMEWORKS else "") for f in frameworks]
         rows = []
-        for p in pairs:
-            t, f = p.torch.result, p.tensorflow.result
-            assert t is not None and f is not None
+        for c in comparisons:
+            results = c.results(frameworks)
             rows.append([
-                f"{p.model}\n{p.weights}\n{p.dataset}",
-                [t.best_test_accuracy * 100, f.best_test_accuracy * 100],
-                [t.timing.total_seconds / 60, f.timing.total_seconds / 60],
+                f"{c.model}\n{c.weights}\n{c.dataset}",
+                [r.best_test_accuracy * 100 if r else None for r in results],
+                [r.timing.total_seconds / 60 if r else None for r in results],
             ])  # fmt: skip
-        return self._plot("frameworks.png", "The same model in both frameworks", draw_frameworks, rows)
+        caption = "The same model in both frameworks" if len(frameworks) == 2 else "The same model in each framework"
+        return self._plot("frameworks.png", caption, draw_frameworks, series, rows)
 
 
 def _render(job: tuple[Callable[..., Any], tuple[Any, ...]]) -> bytes:
@@ -285,15 +288,23 @@ def draw_tradeoff(points: list[tuple[str, float, float]]) -> Any:
     return fig
 
 
-def draw_frameworks(rows: list[list[Any]]) -> Any:
-    fig = _new_figure(figsize=(max(6, 1.6 * len(rows) + 3), 4))
+def draw_frameworks(series: list[tuple[str, str]], rows: list[list[Any]]) -> Any:
+    """Grouped bars: a group per model, a bar per framework (name, colour) where the model ran in it."""
+    fig = _new_figure(figsize=(max(6, 0.8 * len(series) * len(rows) + 3), 4))
     axes = fig.subplots(1, 2)
     x = list(range(len(rows)))
-    for side, colour in enumerate(("#ee4c2c", "#ff8f00")):  # PyTorch's and TensorFlow's colours
-        name = FRAMEWORK_NAMES[("torch", "tensorflow")[side]]
-        offset = [i + (side - 0.5) * 0.38 for i in x]
-        axes[0].bar(offset, [r[1][side] for r in rows], width=0.38, color=colour, label=name)
-        axes[1].bar(offset, [r[2][side] for r in rows], width=0.38, color=colour)
+    width = 0.76 / len(series)
+    for side, (name, colour) in enumerate(series):
+        offset = [i + (side - (len(series) - 1) / 2) * width for i in x]
+        for ax, column in zip(axes, (1, 2), strict=True):
+            present = [(o, r[column][side]) for o, r in zip(offset, rows, strict=True) if r[column][side] is not None]
+            ax.bar(
+                [o for o, _ in present],
+                [v for _, v in present],
+                width=width,
+                color=colour or f"C{side}",
+                label=name if column == 1 else None,
+            )
     for ax, title in zip(axes, ("test accuracy at best epoch (%)", "wall time (minutes)"), strict=True):
         ax.set_xticks(x, [r[0] for r in rows], fontsize=7)
         ax.set_title(title, fontsize=10)

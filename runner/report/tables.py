@@ -8,9 +8,15 @@ from pathlib import Path
 from runner.report.document import MISSING, Cell, Table, count, duration, pct, rate
 from runner.report.runs import PROBLEM_STATES, Run
 from schemas import JobSpec, RunResult, Substitution
+from schemas.registry import FRAMEWORKS
 
-FRAMEWORK_NAMES = {"torch": "PyTorch", "tensorflow": "TensorFlow"}
 Label = Callable[[Run], str]
+
+
+def framework_name(framework: str) -> str:
+    """How the report names a framework: its declared display name (the name itself if undeclared)."""
+    declared = FRAMEWORKS.get(framework)
+    return declared.display if declared is not None else framework
 
 
 def weights_label(spec: JobSpec, substitutions: list[Substitution]) -> str:
@@ -68,7 +74,7 @@ def summary_table(runs: list[Run], label: Label) -> Table:
         described = [MISSING] * 4
         if spec is not None:
             described = [
-                FRAMEWORK_NAMES.get(spec.framework, spec.framework),
+                framework_name(spec.framework),
                 spec.model.arch,
                 weights_label(spec, run.substitutions),
                 dataset_label(spec, run.substitutions),
@@ -97,18 +103,28 @@ def summary_table(runs: list[Run], label: Label) -> Table:
 
 
 @dataclass(frozen=True)
-class Pair:
-    """The same model, weights and data in both frameworks: the best run of each."""
+class Comparison:
+    """The same model, weights and data in two or more frameworks: the best run of each."""
 
     model: str
     weights: str
     dataset: str
-    torch: Run
-    tensorflow: Run
+    runs: dict[str, Run]  # framework -> its best run, in the registry's order
+
+    def results(self, frameworks: list[str]) -> list[RunResult | None]:
+        """The best run's result of each of `frameworks`; None where this model did not run in one."""
+        return [self.runs[f].result if f in self.runs else None for f in frameworks]
 
 
-def framework_pairs(runs: list[Run]) -> list[Pair]:
-    """Models that ran in both frameworks with the same weights and data (the best run of each side)."""
+def _framework_order(framework: str) -> tuple[int, str]:
+    """Declared frameworks in the registry's order, then any other (from older results) by name."""
+    order = list(FRAMEWORKS)
+    return (order.index(framework), "") if framework in order else (len(order), framework)
+
+
+def framework_pairs(runs: list[Run]) -> list[Comparison]:
+    """Models that ran in two or more frameworks with the same weights and data (the best run of each);
+    a pair for the study's two frameworks, hence the name."""
     groups: dict[tuple[str, str, str], dict[str, Run]] = {}
     for run, result in _finished(runs):
         spec = result.spec
@@ -120,32 +136,50 @@ def framework_pairs(runs: list[Run]) -> list[Pair]:
         if held is None or result.best_test_accuracy > held.result.best_test_accuracy:  # type: ignore[union-attr]
             side[spec.framework] = run
     return [
-        Pair(*key, torch=side["torch"], tensorflow=side["tensorflow"])
+        Comparison(*key, runs={f: side[f] for f in sorted(side, key=_framework_order)})
         for key, side in groups.items()
-        if {"torch", "tensorflow"} <= side.keys()
+        if len(side) >= 2
     ]
 
 
-def framework_table(pairs: list[Pair], label: Label) -> Table:
-    headers = [
-        "Model", "Weights", "Dataset", "PyTorch run", "TensorFlow run", "PyTorch acc", "TensorFlow acc",
-        "PyTorch time", "TensorFlow time", "PyTorch img/s", "TensorFlow img/s",
-    ]  # fmt: skip
+def compared_frameworks(comparisons: list[Comparison]) -> list[str]:
+    """Every framework some comparison holds, in the registry's order."""
+    return sorted({f for c in comparisons for f in c.runs}, key=_framework_order)
+
+
+def framework_section(comparisons: list[Comparison]) -> tuple[str, str]:
+    """The title and lead sentence of the report's section comparing frameworks."""
+    names = [framework_name(f) for f in compared_frameworks(comparisons)]
+    title = " and ".join(names) if len(names) <= 2 else f"{', '.join(names[:-1])} and {names[-1]}"
+    if len(names) == 2:
+        return title, "The same model with the same weights and data in both frameworks (the best run of each side)."
+    return title, "The same model with the same weights and data in two or more frameworks (the best run of each)."
+
+
+def framework_table(comparisons: list[Comparison], label: Label) -> Table:
+    """A row per model, a group of columns per framework: its run, accuracy, wall time and images/s."""
+    frameworks = compared_frameworks(comparisons)
+    names = [framework_name(f) for f in frameworks]
+    headers = ["Model", "Weights", "Dataset"]
+    for what in ("run", "acc", "time", "img/s"):
+        headers += [f"{name} {what}" for name in names]
     rows = []
-    for p in pairs:
-        t, f = p.torch.result, p.tensorflow.result
-        assert t is not None and f is not None
-        acc = _best([t.best_test_accuracy, f.best_test_accuracy])
-        time = _best([t.timing.total_seconds, f.timing.total_seconds], highest=False)
-        speed = _best([t.images_per_second, f.images_per_second])
-        rows.append([
-            Cell(p.model), Cell(p.weights), Cell(p.dataset), Cell(label(p.torch)), Cell(label(p.tensorflow)),
-            Cell(pct(t.best_test_accuracy), 0 in acc, True), Cell(pct(f.best_test_accuracy), 1 in acc, True),
-            Cell(duration(t.timing.total_seconds), 0 in time, True),
-            Cell(duration(f.timing.total_seconds), 1 in time, True),
-            Cell(rate(t.images_per_second), 0 in speed, True), Cell(rate(f.images_per_second), 1 in speed, True),
-        ])  # fmt: skip
-    return Table(headers, rows, "Accuracy: test accuracy at the best epoch. Bold: the better framework.")
+    for c in comparisons:
+        results = c.results(frameworks)
+        row = [Cell(c.model), Cell(c.weights), Cell(c.dataset)]
+        row += [Cell(label(c.runs[f]) if f in c.runs else MISSING) for f in frameworks]
+        for value, text, highest in (
+            (lambda r: r.best_test_accuracy, pct, True),
+            (lambda r: r.timing.total_seconds, duration, False),
+            (lambda r: r.images_per_second, rate, True),
+        ):
+            values = [value(r) if r is not None else None for r in results]
+            best = _best(values, highest)
+            row += [Cell(text(v), i in best, True) if v is not None else Cell(MISSING, numeric=True)
+                    for i, v in enumerate(values)]  # fmt: skip
+        rows.append(row)
+    better = "the better framework" if len(frameworks) == 2 else "the best framework for each measure"
+    return Table(headers, rows, f"Accuracy: test accuracy at the best epoch. Bold: {better}.")
 
 
 def tradeoff_table(runs: list[Run], label: Label) -> Table:
@@ -228,7 +262,7 @@ def conclusion(runs: list[Run], label: Label) -> list[str]:
         run, best = max(finished, key=lambda rr: (rr[1].best_test_accuracy, -rr[1].timing.total_seconds))
         spec = best.spec
         lines.append(
-            f"Best run: **{label(run)}** ({FRAMEWORK_NAMES.get(spec.framework, spec.framework)} {spec.model.arch}, "
+            f"Best run: **{label(run)}** ({framework_name(spec.framework)} {spec.model.arch}, "
             f"{weights_label(spec, best.substitutions)}, {dataset_label(spec, best.substitutions)}) with "
             f"{pct(best.best_test_accuracy)} test accuracy at its best epoch, {best.best_epoch} of "
             f"{len(best.epochs)} (final {pct(best.final_test_accuracy)})."
@@ -254,15 +288,17 @@ def conclusion(runs: list[Run], label: Label) -> list[str]:
             gain = (best.best_test_accuracy - eff.best_test_accuracy) * 100
             line += f"The best run gains {gain:+.2f} points over it for {ratio:.1f}× its wall time."
         lines.append(line)
-    for pair in framework_pairs(runs)[:3]:
-        t, f = pair.torch.result, pair.tensorflow.result
-        assert t is not None and f is not None
-        lines.append(
-            f"Both frameworks, {pair.model} ({pair.weights}, {pair.dataset}): PyTorch "
-            f"{pct(t.best_test_accuracy)} in {duration(t.timing.total_seconds)} ({rate(t.images_per_second)} "
-            f"images/s), TensorFlow {pct(f.best_test_accuracy)} in {duration(f.timing.total_seconds)} "
-            f"({rate(f.images_per_second)} images/s)."
-        )
+    for c in framework_pairs(runs)[:3]:
+        each = []
+        for framework, run in c.runs.items():
+            r = run.result
+            assert r is not None
+            each.append(
+                f"{framework_name(framework)} {pct(r.best_test_accuracy)} in {duration(r.timing.total_seconds)} "
+                f"({rate(r.images_per_second)} images/s)"
+            )
+        which = "Both frameworks" if len(each) == 2 else f"{len(each)} frameworks"
+        lines.append(f"{which}, {c.model} ({c.weights}, {c.dataset}): {', '.join(each)}.")
     problems = [r for r in runs if r.state in PROBLEM_STATES]
     if problems:
         states = sorted({r.state for r in problems})

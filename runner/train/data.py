@@ -1,6 +1,7 @@
 """Framework-neutral datasets: uint8 images (N, H, W, 3), int64 labels, class names, a seeded split.
 
-A PyTorch run and a TensorFlow run of the same spec see exactly the same images in each split.
+A PyTorch run and a TensorFlow run of the same spec see exactly the same images in each split. Each
+dataset is declared in schemas.registry (its loader, classes, what it downloads); the loaders are here.
 """
 
 import pickle
@@ -10,12 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from runner.errors import UserError
+from runner.train.declared import load as load_declared
 from schemas import DatasetSpec
+from schemas.registry import DATASETS, Download
 
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
-CIFAR10_FOLDER = "cifar-10-batches-py"
-CIFAR10_FILES = [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"]
+# CIFAR-10's download, by name, for the prepare step (which fetches that archive itself).
+_CIFAR10: Download = DATASETS["cifar10"].download  # type: ignore[assignment]
+CIFAR10_URL, CIFAR10_MD5, CIFAR10_FOLDER, CIFAR10_FILES = _CIFAR10.url, _CIFAR10.md5, _CIFAR10.folder, _CIFAR10.files
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
 
@@ -39,48 +41,59 @@ class Splits:
         return {"train": len(self.train_y), "val": len(self.val_y), "test": len(self.test_y)}
 
 
-def cifar10_root(spec: DatasetSpec, cache: Path) -> Path:
-    """The folder that holds (or will hold) cifar-10-batches-py/."""
+def download_root(spec: DatasetSpec, cache: Path) -> Path:
+    """The folder that holds (or will hold) the folder a downloaded dataset extracts to: dataset.path
+    (that folder itself, or the one holding it), else the dataset's folder in the cache."""
+    download = DATASETS[spec.name].download
     if spec.path:
         root = Path(spec.path).expanduser()
-        return root.parent if root.name == CIFAR10_FOLDER else root
-    return Path(cache) / "datasets" / "cifar10"
+        return root.parent if download is not None and root.name == download.folder else root
+    return Path(cache) / "datasets" / spec.name
+
+
+cifar10_root = download_root  # the prepare step's name for it
 
 
 def input_files(spec: DatasetSpec, cache: Path) -> list[Path]:
-    """The files the dataset is read from: CIFAR-10's batches (none for digits and synthetic, which are
-    made in memory; an imagefolder is a tree under its own path)."""
-    if spec.name == "cifar10":
-        folder = cifar10_root(spec, cache) / CIFAR10_FOLDER
-        return [folder / f for f in CIFAR10_FILES]
-    return []
+    """The files a downloaded dataset is read from (none for one made in memory; a folder of the user's
+    is a tree under its own path)."""
+    download = DATASETS[spec.name].download
+    if download is None:
+        return []
+    folder = download_root(spec, cache) / download.folder
+    return [folder / f for f in download.files]
 
 
 def missing_files(spec: DatasetSpec, cache: Path) -> list[Path]:
     """Files the dataset needs that are not there (empty when it can be loaded offline)."""
-    if spec.name == "cifar10":
+    declared = DATASETS[spec.name]
+    if declared.download is not None:
         return [p for p in input_files(spec, cache) if not p.is_file()]
-    if spec.name == "imagefolder":
+    if declared.needs_path:
         root = Path(spec.path or "").expanduser()
         return [] if root.is_dir() else [root]
     return []
 
 
+def class_folders(root: Path) -> list[str]:
+    """The class sub-folders of an image folder, sorted: the labels, in order."""
+    return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
 def load(spec: DatasetSpec, cache: Path) -> Splits:
     """Load and split the dataset the spec names, reading only local files."""
-    loader = {"cifar10": _cifar10, "digits": _digits, "synthetic": _synthetic, "imagefolder": _imagefolder}
-    return loader[spec.name](spec, Path(cache))
+    return load_declared(DATASETS[spec.name].loader)(spec, Path(cache))
 
 
-def _cifar10(spec: DatasetSpec, cache: Path) -> Splits:
+def load_cifar10(spec: DatasetSpec, cache: Path) -> Splits:
+    """CIFAR-10's pickle batches: the official test split is kept."""
     missing = missing_files(spec, cache)
+    folder = download_root(spec, cache) / CIFAR10_FOLDER
     if missing:
-        folder = cifar10_root(spec, cache) / CIFAR10_FOLDER
         raise UserError(
             f"CIFAR-10 is not at {folder} (missing {', '.join(p.name for p in missing)}). "
             f"Fix: extract {CIFAR10_URL} there, or let `gridrun run` download it on a machine with network."
         )
-    folder = cifar10_root(spec, cache) / CIFAR10_FOLDER
 
     def batch(name: str) -> tuple[np.ndarray, np.ndarray]:
         with open(folder / name, "rb") as f:
@@ -97,19 +110,20 @@ def _cifar10(spec: DatasetSpec, cache: Path) -> Splits:
     return _split(spec, x, y, names, test=(test_x, test_y))
 
 
-def _digits(spec: DatasetSpec, cache: Path) -> Splits:
-    from sklearn.datasets import load_digits
+def load_digits(spec: DatasetSpec, cache: Path) -> Splits:
+    """scikit-learn's digits, made in memory."""
+    import sklearn.datasets
 
-    d = load_digits()
+    d = sklearn.datasets.load_digits()
     # 8x8 grey levels 0..16 -> uint8 RGB; the trainer's resize upscales on the device.
     x = np.repeat((d.images * (255 / 16)).round().astype(np.uint8)[..., None], 3, axis=3)
     return _split(spec, x, d.target.astype(np.int64), [str(n) for n in d.target_names])
 
 
-def _synthetic(spec: DatasetSpec, cache: Path) -> Splits:
+def load_synthetic(spec: DatasetSpec, cache: Path) -> Splits:
     """Seeded CIFAR-shaped images: a fixed colour template per class plus noise, so it can be learnt."""
     rng = np.random.default_rng(spec.seed)
-    classes = 10
+    classes = 10  # as declared (tests/test_registry.py checks each loader against its declaration)
     templates = rng.integers(0, 256, size=(classes, 32, 32, 3)).astype(np.float32)
     y = rng.integers(0, classes, size=spec.synthetic_size).astype(np.int64)
     noise = rng.normal(0, 64, size=(spec.synthetic_size, 32, 32, 3)).astype(np.float32)
@@ -117,7 +131,8 @@ def _synthetic(spec: DatasetSpec, cache: Path) -> Splits:
     return _split(spec, x, y, [f"class_{i}" for i in range(classes)])
 
 
-def _imagefolder(spec: DatasetSpec, cache: Path) -> Splits:
+def load_imagefolder(spec: DatasetSpec, cache: Path) -> Splits:
+    """The user's folder: one sub-folder of images per class, resized to image_size as they are read."""
     from PIL import Image
 
     root = Path(spec.path or "").expanduser()
@@ -126,7 +141,7 @@ def _imagefolder(spec: DatasetSpec, cache: Path) -> Splits:
             f"imagefolder path {root} is not a folder. Fix: point dataset.path at a folder "
             "with one sub-folder of images per class."
         )
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = class_folders(root)
     images, labels = [], []
     size = (spec.image_size, spec.image_size)
     for label, name in enumerate(classes):

@@ -1,14 +1,14 @@
-"""Framework trainers. Each module exposes `train(ctx: TrainContext) -> RunResult` and never imports Ray."""
+"""Framework trainers, as schemas.registry declares them. Each trainer module exposes
+`train(ctx: TrainContext) -> RunResult` and never imports Ray."""
 
 from collections.abc import Callable
-from importlib import import_module
 
 from runner.train.common import TrainContext
+from runner.train.declared import load
 from schemas import RunResult
-
-_MODULES = {"torch": "runner.train.torch_trainer", "tensorflow": "runner.train.tf_trainer"}
+from schemas.registry import FRAMEWORKS
 
 
 def get(framework: str) -> Callable[[TrainContext], RunResult]:
     """The train function of a framework, imported only when asked for."""
-    return import_module(_MODULES[framework]).train
+    return load(FRAMEWORKS[framework].trainer).train

@@ -11,7 +11,8 @@ device inside the compiled step. Parameter counts equal torch_models' for every 
 
 The backbone is the sub-model named `features`; everything after it is the head, which is what
 trains under freeze_backbone. Initial weights follow torchvision's initialisation too, since a
-run from scratch depends on it as much as on the layers.
+run from scratch depends on it as much as on the layers. ARCHS maps each architecture
+schemas.registry declares to its builder here.
 """
 
 import os
@@ -19,7 +20,10 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow loads: no C++ info/warning noise
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import h5py
 import keras
@@ -28,8 +32,8 @@ import tensorflow as tf
 
 from runner.train.common import IMAGENET_MEAN, IMAGENET_STD
 from schemas import ModelSpec
+from schemas.registry import ARCHS as DECLARED
 
-DEFAULT_WIDTH = 4096  # hidden classifier width of torchvision's alexnet and vgg16
 BACKBONE = "features"
 # keras.applications.vgg16.preprocess_input ("caffe"): BGR order, ImageNet means on 0..255, no scaling.
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -214,11 +218,10 @@ def _vgg16_features(size: int) -> keras.Model:
     return base
 
 
-def _classifier(arch: str, spec: ModelSpec, num_classes: int, flat: int) -> keras.Sequential:
+def _classifier(spec: ModelSpec, num_classes: int, flat: int, vgg: bool) -> keras.Sequential:
     """torchvision's classifier at `classifier_width`: alexnet puts dropout before each hidden Linear,
-    vgg16 after each hidden ReLU."""
-    width = spec.classifier_width or DEFAULT_WIDTH
-    vgg = arch == "vgg16"
+    vgg16 (`vgg`) after each hidden ReLU and initialises its Linear layers N(0, 0.01)."""
+    width = spec.classifier_width or DECLARED[spec.arch].default_width
     drop = [keras.layers.Dropout(spec.dropout, name=f"dropout{i}") for i in (1, 2)]
     fc1 = _dense(width, flat, "fc1", relu=True, vgg=vgg)
     fc2 = _dense(width, width, "fc2", relu=True, vgg=vgg)
@@ -262,9 +265,49 @@ def _resnet18_features(size: int) -> keras.Model:
     return keras.Model(inputs, x, name=BACKBONE)
 
 
+def _pooled_classifier(x, spec: ModelSpec, num_classes: int, pool: int, vgg: bool):
+    """AdaptiveAvgPool2d(pool), flatten, torchvision's classifier."""
+    x = AdaptiveAvgPool2D(pool, name="avgpool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    return _classifier(spec, num_classes, x.shape[-1], vgg)(x)
+
+
+def _alexnet(x, spec: ModelSpec, num_classes: int, image_size: int):
+    return _pooled_classifier(_alexnet_features(image_size)(x), spec, num_classes, 6, vgg=False)
+
+
+def _vgg16(x, spec: ModelSpec, num_classes: int, image_size: int):
+    return _pooled_classifier(_vgg16_features(image_size)(x), spec, num_classes, 7, vgg=True)
+
+
+def _resnet18(x, spec: ModelSpec, num_classes: int, image_size: int):
+    x = _resnet18_features(image_size)(x)
+    head = keras.layers.Dense(
+        num_classes, name="fc", kernel_initializer=_torch_default_kernel(), bias_initializer=_torch_default_bias(512)
+    )
+    return head(x)
+
+
+@dataclass(frozen=True)
+class KerasArch:
+    """How this framework builds one architecture of schemas.registry.ARCHS."""
+
+    # (preprocessed images, spec, classes, image size) -> logits; the backbone is a sub-model named BACKBONE.
+    network: Callable[[Any, ModelSpec, int, int], Any]
+    # Its keras.applications ImageNet weights were trained on caffe-style input (BGR, mean only).
+    caffe_weights: bool = False
+
+
+ARCHS: dict[str, KerasArch] = {
+    "alexnet": KerasArch(_alexnet),
+    "vgg16": KerasArch(_vgg16, caffe_weights=True),
+    "resnet18": KerasArch(_resnet18),
+}
+
+
 def caffe_preprocessing(spec: ModelSpec) -> bool:
-    """True where the weights are keras.applications' ImageNet VGG16, trained on caffe-style input."""
-    if spec.arch != "vgg16":
+    """True where the weights are keras.applications' ImageNet weights, trained on caffe-style input."""
+    if not ARCHS[spec.arch].caffe_weights:
         return False
     if spec.weights == "imagenet":
         return True
@@ -295,25 +338,8 @@ def build(spec: ModelSpec, num_classes: int, image_size: int, source: tuple[int,
     x = Preprocess(image_size, caffe=caffe_preprocessing(spec), dtype="float32", name="preprocess")(
         [images, shift, flip]
     )
-    if spec.arch == "resnet18":
-        x = _resnet18_features(image_size)(x)
-        head = keras.layers.Dense(
-            num_classes,
-            name="fc",
-            kernel_initializer=_torch_default_kernel(),
-            bias_initializer=_torch_default_bias(512),
-        )
-        return keras.Model([images, shift, flip], head(x), name="resnet18")
-    if spec.arch == "alexnet":
-        x = _alexnet_features(image_size)(x)
-        pool = 6
-    else:
-        x = _vgg16_features(image_size)(x)
-        pool = 7
-    x = AdaptiveAvgPool2D(pool, name="avgpool")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    x = _classifier(spec.arch, spec, num_classes, x.shape[-1])(x)
-    return keras.Model([images, shift, flip], x, name=spec.arch)
+    logits = ARCHS[spec.arch].network(x, spec, num_classes, image_size)
+    return keras.Model([images, shift, flip], logits, name=spec.arch)
 
 
 def backbone(model: keras.Model) -> keras.Model:

@@ -216,11 +216,7 @@ class TorchOptimizer(keras.optimizers.Optimizer):
 
 
 def make_optimizer(train: TrainSpec, steps_per_epoch: int) -> TorchOptimizer:
-    if train.optimizer.name == "sgd" and train.optimizer.nesterov and train.optimizer.momentum == 0:
-        raise UserError(
-            "train.optimizer.nesterov needs momentum above 0. "
-            "Fix: set train.optimizer.momentum (e.g. 0.9), or nesterov: false."
-        )
+    """torch.optim's rules under the spec's schedule (the schema refuses nesterov without momentum)."""
     return TorchOptimizer(train.optimizer, Schedule(train, steps_per_epoch))
 
 
@@ -237,17 +233,12 @@ def cross_entropy(y, logits, smoothing: float):
 
 
 def initial_weights_path(spec: JobSpec, cache: Path) -> Path | None:
-    """The file `spec.model.weights` names, checked before any model is built; None for random weights."""
+    """The file `spec.model.weights` names, checked before any model is built; None for random weights.
+    (The schema has refused a PyTorch file already: what is left to check is that the file is there.)"""
     path = weights_file(spec, cache)
     if path is None:
         return None
     arch = spec.model.arch
-    if path.suffix in (".pth", ".pt"):
-        raise UserError(
-            f"weights file {path} is a PyTorch file; a tensorflow job loads Keras weights. "
-            "Fix: give a .weights.h5 or .keras file saved from the Keras model "
-            "(a gridrun tensorflow run's checkpoints/best.weights.h5), or a keras-applications .h5."
-        )
     if not path.is_file():
         if spec.model.weights == "imagenet":
             source = imagenet_source(spec.framework, arch)
@@ -338,7 +329,7 @@ class Run:
         self.bf16 = spec.train.mixed_precision and bf16_ok
         keras.mixed_precision.set_global_policy("mixed_bfloat16" if self.bf16 else "float32")
 
-        # A wrong weights file or optimizer fails here, before the model takes seconds to build.
+        # A missing weights file fails here, before the model takes seconds to build.
         weights = initial_weights_path(spec, ctx.cache)
         s = ctx.splits
         n = len(s.train_y)

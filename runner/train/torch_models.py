@@ -1,10 +1,13 @@
 """torchvision AlexNet, VGG16 and ResNet18 with a head for the dataset, and their initial weights.
 
+ARCHS maps each architecture schemas.registry declares to its builder here.
+
 The head is what trains when the backbone is frozen: the whole `classifier` Sequential of
 alexnet/vgg16 (hidden layers of `classifier_width`, dropout, final layer), `fc` of resnet18.
 """
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,41 +17,67 @@ from torch import nn
 from runner.errors import UserError
 from runner.train.weights import imagenet_source, weights_file
 from schemas import JobSpec, ModelSpec
+from schemas.registry import ARCHS as DECLARED
 
-# Width of the hidden classifier layers of torchvision's alexnet and vgg16.
-DEFAULT_WIDTH = 4096
+# Width of the hidden classifier layers torchvision's alexnet and vgg16 are built with.
+TORCHVISION_WIDTH = 4096
 # Prefixes a state dict carries when saved from a compiled or DataParallel model.
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
 
+@dataclass(frozen=True)
+class TorchArch:
+    """How this framework builds one architecture of schemas.registry.ARCHS."""
+
+    build: Callable[[ModelSpec, int], nn.Module]  # (spec, classes) -> model with random weights
+    head: str  # the sub-module that trains when the backbone is frozen
+
+
+def _alexnet(spec: ModelSpec, num_classes: int) -> nn.Module:
+    model = torchvision.models.alexnet(weights=None, num_classes=num_classes, dropout=spec.dropout)
+    _set_classifier_width(model, spec, normal_init=False)  # AlexNet keeps PyTorch's default initialisation
+    return model
+
+
+def _vgg16(spec: ModelSpec, num_classes: int) -> nn.Module:
+    model = torchvision.models.vgg16(weights=None, num_classes=num_classes, dropout=spec.dropout)
+    _set_classifier_width(model, spec, normal_init=True)  # as torchvision's VGG initialises its Linear layers
+    return model
+
+
+def _resnet18(spec: ModelSpec, num_classes: int) -> nn.Module:
+    # torchvision's ResNet has no classifier dropout; the schema refuses classifier_width for it.
+    return torchvision.models.resnet18(weights=None, num_classes=num_classes)
+
+
+ARCHS: dict[str, TorchArch] = {
+    "alexnet": TorchArch(_alexnet, head="classifier"),
+    "vgg16": TorchArch(_vgg16, head="classifier"),
+    "resnet18": TorchArch(_resnet18, head="fc"),
+}
+
+
 def head_name(arch: str) -> str:
     """Name of the head sub-module: what trains when the backbone is frozen."""
-    return "fc" if arch == "resnet18" else "classifier"
+    return ARCHS[arch].head
 
 
 def build(spec: ModelSpec, num_classes: int) -> nn.Module:
     """The architecture with a fresh `num_classes` head and random weights (seed torch first)."""
-    if spec.arch == "resnet18":
-        # torchvision's ResNet has no classifier dropout; the schema refuses classifier_width for it.
-        return torchvision.models.resnet18(weights=None, num_classes=num_classes)
-    if spec.arch == "alexnet":
-        model = torchvision.models.alexnet(weights=None, num_classes=num_classes, dropout=spec.dropout)
-    else:
-        model = torchvision.models.vgg16(weights=None, num_classes=num_classes, dropout=spec.dropout)
-    width = spec.classifier_width or DEFAULT_WIDTH
-    if width != DEFAULT_WIDTH:
-        _set_classifier_width(model, spec.arch, width)
-    return model
+    return ARCHS[spec.arch].build(spec, num_classes)
 
 
-def _set_classifier_width(model: nn.Module, arch: str, width: int) -> None:
+def _set_classifier_width(model: nn.Module, spec: ModelSpec, normal_init: bool) -> None:
     """Rebuild the classifier's Linear layers as in -> width -> width -> classes, keeping ReLU/Dropout."""
+    width = spec.classifier_width or DECLARED[spec.arch].default_width
+    if width == TORCHVISION_WIDTH:
+        return
     linears = [i for i, m in enumerate(model.classifier) if isinstance(m, nn.Linear)]
     first, _, last = (model.classifier[i] for i in linears)
     sizes = [(first.in_features, width), (width, width), (width, last.out_features)]
     for i, (n_in, n_out) in zip(linears, sizes, strict=True):
         layer = nn.Linear(n_in, n_out)
-        if arch == "vgg16":  # torchvision's VGG initialises its Linear layers so; AlexNet keeps the default
+        if normal_init:
             nn.init.normal_(layer.weight, 0, 0.01)
             nn.init.zeros_(layer.bias)
         model.classifier[i] = layer

@@ -17,7 +17,6 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from runner.errors import UserError
 from runner.store.layout import atomic_path
 from runner.train import torch_models
 from runner.train.common import (
@@ -123,12 +122,7 @@ class Pipeline:
 def make_optimizer(params: list[nn.Parameter], train: TrainSpec, fused: bool = False) -> torch.optim.Optimizer:
     """SGD, Adam or AdamW; `fused` (CUDA only) updates all parameters in one kernel."""
     opt = train.optimizer
-    if opt.name == "sgd":
-        if opt.nesterov and opt.momentum == 0:
-            raise UserError(
-                "train.optimizer.nesterov needs momentum above 0. "
-                "Fix: set train.optimizer.momentum (e.g. 0.9), or nesterov: false."
-            )
+    if opt.name == "sgd":  # the schema refuses nesterov without momentum, which torch.optim.SGD would raise on
         return torch.optim.SGD(
             params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov, weight_decay=opt.weight_decay, fused=fused
         )

@@ -1,0 +1,155 @@
+"""The report's framework comparison, over results folders written here by hand: the study's two
+frameworks give the same tables as ever; a third framework, registered by this test only, gets its
+own columns, bars and sentence.
+
+Expected cells are formatted here from the numbers each run was given, not through the report's code.
+"""
+
+from pathlib import Path
+
+import pytest
+from test_report import md_sections, plain, png_ok
+
+from runner.report import tables, write_report
+from runner.report.runs import load_suite
+from runner.store.layout import JobPaths, write_json
+from schemas import (
+    ClassAccuracy,
+    Environment,
+    EpochRecord,
+    JobSpec,
+    RunResult,
+    RunStatus,
+    SpecFile,
+    Timing,
+)
+from schemas.registry import FRAMEWORKS, Framework
+
+SUITE = "cmp"
+CLASSES = [f"class_{i}" for i in range(10)]
+JAX = Framework(
+    "jax",
+    "JAX",
+    image="gridrun-jax",
+    dockerfile="docker/jax.Dockerfile",
+    trainer="tests.no_such_trainer",
+    models="tests.no_such_models",
+    weights_suffixes=(".msgpack",),
+    weights_kind="Flax weights",
+    weights_fix="give a .msgpack file",
+)
+
+
+def write_run(suite: Path, job: str, framework: str, acc: float, seconds: float, speed: float, **model) -> None:
+    """A succeeded job folder: spec.json, status.json and a one-epoch result.json with these numbers."""
+    spec = JobSpec.model_validate(
+        {"name": job, "framework": framework, "model": {"arch": "alexnet", **model},
+         "dataset": {"name": "synthetic", "image_size": 64}, "executor": "process"}
+    )  # fmt: skip
+    paths = JobPaths(suite / job)
+    write_json(paths.spec, SpecFile(suite=SUITE, job=job, spec_hash="h", code_version="t", declared=spec, spec=spec))
+    write_json(paths.status, RunStatus(state="succeeded", spec_hash="h"))
+    epoch = EpochRecord(
+        epoch=1, train_loss=1.0, train_accuracy=acc, val_accuracy=acc, test_accuracy=acc, lr=0.01,
+        epoch_seconds=seconds, images_per_second=speed,
+    )  # fmt: skip
+    cm = [[10 if i == j else 0 for j in range(10)] for i in range(10)]
+    total, trainable = spec.model.parameters(len(CLASSES))
+    result = RunResult(
+        suite=SUITE, job=job, spec_hash="h", spec=spec, dataset_sizes={"train": 100, "val": 10, "test": 100},
+        class_names=CLASSES, epochs=[epoch], final_test_accuracy=acc, final_val_accuracy=acc, best_epoch=1,
+        best_val_accuracy=acc, best_test_accuracy=acc,
+        per_class_accuracy=[ClassAccuracy(name=n, accuracy=acc, support=10) for n in CLASSES],
+        confusion_matrix=cm, trainable_parameters=trainable, total_parameters=total,
+        timing=Timing(data_seconds=1, train_seconds=seconds - 2, eval_seconds=1, total_seconds=seconds),
+        images_per_second=speed,
+        environment=Environment(framework=framework, framework_version="1", python_version="3.11", device="cpu",
+                                device_name="cpu", mixed_precision="off", hostname="h"),
+    )  # fmt: skip
+    write_json(paths.result, result)
+
+
+def cells(acc: float, seconds: float, speed: float) -> tuple[str, str, str]:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{acc:.2%}", f"{minutes} min {secs:02d} s", f"{speed:,.0f}"
+
+
+def framework_tables(report: str) -> list[list[dict[str, str]]]:
+    return [t for ts in md_sections(report).values() for t in ts if t and "Model" in t[0] and "PyTorch run" in t[0]]
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    """The study's shape: alexnet in both frameworks (the faster one less accurate), a wider alexnet in torch only."""
+    suite = tmp_path / "results" / SUITE
+    write_run(suite, "alexnet-torch", "torch", 0.61, 125, 1500)
+    write_run(suite, "alexnet-tf", "tensorflow", 0.58, 95, 2100)
+    write_run(suite, "alexnet-torch-narrow", "torch", 0.55, 70, 3000, classifier_width=64)
+    return suite
+
+
+def test_two_frameworks_give_the_same_table_as_ever(study: Path) -> None:
+    comparisons = tables.framework_pairs(load_suite(study))
+    assert tables.framework_section(comparisons) == (
+        "PyTorch and TensorFlow",
+        "The same model with the same weights and data in both frameworks (the best run of each side).",
+    )
+    write_report(study)
+    report = (study / "report.md").read_text()
+    (table,) = framework_tables(report)
+    assert list(table[0]) == [
+        "Model", "Weights", "Dataset", "PyTorch run", "TensorFlow run", "PyTorch acc", "TensorFlow acc",
+        "PyTorch time", "TensorFlow time", "PyTorch img/s", "TensorFlow img/s",
+    ]  # fmt: skip
+    (t_acc, t_time, t_speed), (f_acc, f_time, f_speed) = cells(0.61, 125, 1500), cells(0.58, 95, 2100)
+    assert table == [{
+        "Model": "alexnet", "Weights": "scratch", "Dataset": "synthetic 64px",
+        "PyTorch run": "alexnet-torch", "TensorFlow run": "alexnet-tf",
+        "PyTorch acc": f"**{t_acc}**", "TensorFlow acc": f_acc,
+        "PyTorch time": t_time, "TensorFlow time": f"**{f_time}**",
+        "PyTorch img/s": t_speed, "TensorFlow img/s": f"**{f_speed}**",
+    }]  # fmt: skip
+    assert "Accuracy: test accuracy at the best epoch. Bold: the better framework." in report
+    assert (
+        f"Both frameworks, alexnet (scratch, synthetic 64px): PyTorch {t_acc} in {t_time} ({t_speed} images/s), "
+        f"TensorFlow {f_acc} in {f_time} ({f_speed} images/s)."
+    ) in report
+    assert "![The same model in both frameworks](plots/frameworks.png)" in report
+    png_ok((study / "plots" / "frameworks.png").read_bytes())
+
+
+def test_a_third_framework_gets_its_columns_bars_and_sentence(study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(FRAMEWORKS, JAX.name, JAX)
+    write_run(study, "alexnet-jax", "jax", 0.64, 80, 2600)
+    write_run(study, "alexnet-jax-narrow", "jax", 0.50, 60, 3500, classifier_width=64)  # beside torch's only
+    comparisons = tables.framework_pairs(load_suite(study))
+    assert [list(c.runs) for c in comparisons] == [["torch", "tensorflow", "jax"], ["torch", "jax"]]
+    assert tables.framework_section(comparisons)[0] == "PyTorch, TensorFlow and JAX"
+
+    write_report(study)
+    report = (study / "report.md").read_text()
+    (table,) = framework_tables(report)
+    names = ["PyTorch", "TensorFlow", "JAX"]
+    assert list(table[0]) == ["Model", "Weights", "Dataset"] + [
+        f"{n} {what}" for what in ("run", "acc", "time", "img/s") for n in names
+    ]
+    full, narrow = table
+    numbers = {"PyTorch": cells(0.61, 125, 1500), "TensorFlow": cells(0.58, 95, 2100), "JAX": cells(0.64, 80, 2600)}
+    assert [full[f"{n} run"] for n in names] == ["alexnet-torch", "alexnet-tf", "alexnet-jax"]
+    for n, (acc, time, speed) in numbers.items():
+        assert (plain(full[f"{n} acc"]), plain(full[f"{n} time"]), plain(full[f"{n} img/s"])) == (acc, time, speed)
+    bold = {column for column, cell in full.items() if cell.startswith("**")}
+    assert bold == {"JAX acc", "JAX time", "JAX img/s"}
+    assert narrow["Model"] == "alexnet (dense 64)" and narrow["TensorFlow run"] == "—"
+    assert (narrow["TensorFlow acc"], narrow["TensorFlow time"], narrow["TensorFlow img/s"]) == ("—",) * 3
+    assert narrow["PyTorch acc"] == f"**{cells(0.55, 70, 3000)[0]}**" and narrow["JAX time"].startswith("**")
+    assert "Bold: the best framework for each measure." in report
+
+    acc, time, speed = numbers["JAX"]
+    assert f"3 frameworks, alexnet (scratch, synthetic 64px): PyTorch {numbers['PyTorch'][0]} in" in report
+    assert f", JAX {acc} in {time} ({speed} images/s)." in report
+    assert "Both frameworks, alexnet (dense 64) (scratch, synthetic 64px): PyTorch" in report
+    assert "![The same model in each framework](plots/frameworks.png)" in report
+    png_ok((study / "plots" / "frameworks.png").read_bytes())
+    summary = {r["Job"]: r["Framework"] for r in md_sections(report)["Summary"][0]}
+    assert summary["alexnet-jax"] == "JAX" and summary["alexnet-tf"] == "TensorFlow"
