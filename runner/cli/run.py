@@ -140,8 +140,7 @@ def _prepare_plan(
                 highlight=False,
             )
     console.print(plan_table(plan, f"plan of {loaded.name}" + (f" (profile {chosen})" if chosen else "")))
-    # Object storage has no free space to check against; a local or mounted folder does.
-    line, short = disk.check([p.spec for p in plan if p.action == "run"], store.local) if store.local else ("", False)
+    line, short = disk.check([p.spec for p in plan if p.action == "run"], store.local)
     if line:
         console.print(f"[bold yellow]{line}[/]" if short else line, highlight=False)
     return loaded, chosen, plan, store, inputs_cache

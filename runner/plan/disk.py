@@ -56,19 +56,22 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def check(specs: list[JobSpec], results: Path) -> tuple[str, bool]:
-    """A line for the plan (the checkpoints' size against the free space) and whether it is a warning."""
+def check(specs: list[JobSpec], results: Path | None) -> tuple[str, bool]:
+    """A line for the plan (the checkpoints' size against the free space) and whether it is a warning.
+    `results` is the local folder of the results, None on object storage (which has no free space to check)."""
     if not specs:
         return "", False
     needs = [need(s) for s in specs]
     # Every job keeps its last and best; one rewrite of `last` at a time needs room for a second copy.
     total = sum(n.total for n in needs) + max(n.last for n in needs)
-    free = free_bytes(results)
     line = (
         f"checkpoints: the {len(needs)} job(s) to run write up to {_gb(total)} "
-        f"(largest: {max(needs, key=lambda n: n.total).job}, {_gb(max(n.total for n in needs))}); "
-        f"{_gb(free)} free under {results}"
+        f"(largest: {max(needs, key=lambda n: n.total).job}, {_gb(max(n.total for n in needs))})"
     )
+    if results is None:
+        return line, False
+    free = free_bytes(results)
+    line += f"; {_gb(free)} free under {results}"
     if total <= free:
         return line, False
     return (

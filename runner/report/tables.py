@@ -233,7 +233,8 @@ def problems_table(runs: list[Run], label: Label, base: Path | None) -> Table:
     for run in runs:
         if run.state not in PROBLEM_STATES:
             continue
-        log = run.log if base is None else Path(os.path.relpath(run.log, base))
+        # A log on object storage is named by its URL; a local one relative to the report.
+        log = run.log if base is None or run.store.local is None else Path(os.path.relpath(run.log, base))
         rows.append([Cell(label(run)), Cell(run.state), Cell(run.reason or MISSING), Cell(str(log))])
     return Table(["Job", "Status", "Reason", "Log"], rows)
 
