@@ -6,7 +6,7 @@ GRIDRUN := $(BIN)/gridrun
 RESULTS ?= results
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run-all test lint format bench report tensorboard images clean
+.PHONY: setup run-all test test-fast lint format bench report tensorboard images clean
 
 setup: $(STAMP)
 
@@ -20,8 +20,14 @@ $(STAMP): pyproject.toml
 run-all: setup
 	$(GRIDRUN) run jobs/alexnet-challenge.yaml --results $(RESULTS)
 
+# Every test: real Ray clusters, Docker, an S3 API, TensorBoard, Chromium; two at a time (xdist).
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+# The quick loop while editing: no model training for minutes, no containers, no multi-node clusters.
+test-fast: setup
+	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) -m "not slow and not docker and not cluster" $(PYTEST_ARGS)
 
 # The report of one suite (written by `run` too); SUITE names it.
 SUITE ?= alexnet-challenge

@@ -28,6 +28,8 @@ from runner.train import torch_models
 from runner.train.weights import imagenet_path
 from schemas import JobState, ModelSpec
 
+pytestmark = pytest.mark.cluster
+
 TOKEN = "gridrun-test-token-" + "7" * 24
 SUITE = """\
 suite: {suite}

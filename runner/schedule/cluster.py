@@ -496,14 +496,6 @@ def nodes() -> list[Node]:
     return out
 
 
-def head_node_id() -> str | None:
-    """The head's node id (it carries Ray's internal head resource)."""
-    for n in nodes():
-        if "node:__internal_head__" in n.resources:
-            return n.node_id
-    return None
-
-
 def shutdown() -> None:
     global _current
     import ray
