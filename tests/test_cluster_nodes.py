@@ -171,9 +171,10 @@ def test_a_folder_the_nodes_do_not_see_is_refused_at_plan_time(cluster, s3, tmp_
         assert "Nothing was run. Fix: give --results a storage URL (s3://bucket/prefix" in message
         assert message.count("error:") == 1 and "Traceback" not in message
     assert not results.exists(), "nothing written"
+    reads_cifar = write_suite(tmp_path, "apart", 1, "  - {name: one, framework: torch}", dataset="cifar10")
     hidden_cache = gridrun(
-        "plan", str(suite), "--address", cluster.address, "--results", "s3://nodes/refused", "--executor", "process",
-        "--cache", str(cluster.hidden / "cache"), env=env_of(cluster, s3),
+        "plan", str(reads_cifar), "--address", cluster.address, "--results", "s3://nodes/refused",
+        "--executor", "process", "--cache", str(cluster.hidden / "cache"), env=env_of(cluster, s3),
     )  # fmt: skip
     assert hidden_cache.returncode == 2, hidden_cache.stdout + hidden_cache.stderr
     assert "--cache" in hidden_cache.stderr and "do not see" in hidden_cache.stderr

@@ -10,7 +10,7 @@ from rich.table import Table
 from runner.cli.app import app, console, err
 from runner.errors import UserError
 from runner.plan import PlannedJob, disk, make_plan, plan_table
-from runner.prepare import Cache, Preparer, build_images
+from runner.prepare import Cache, Preparer, build_images, inputs
 from runner.report.live import LiveView
 from runner.schedule import cluster as ray_cluster
 from runner.store import JobStore, ResultsStore, SuiteStore, locate
@@ -118,17 +118,18 @@ def _prepare_plan(
             "give --results a storage URL (s3://bucket/prefix with `pip install 'gridrun[s3]'`, gs://, abfs://) "
             "or a path that every node mounts (NFS).",
         )
-    if inputs_cache.remote is None:
+    chosen = _pick_profile(loaded, profile, cluster.gpus)
+    specs = loaded.jobs(chosen)
+    if inputs_cache.remote is None and any(inputs.reads_cache(s, inputs_cache.local) for s in specs):
         _shared_or_refuse(
             cluster,
             "--cache",
             inputs_cache.local,
             "give --cache a storage URL (s3://bucket/cache) that every node can read, or a path every node mounts.",
         )
-    chosen = _pick_profile(loaded, profile, cluster.gpus)
     say = lambda m: console.print(f"[bold yellow]{m}[/]", highlight=False)  # noqa: E731
     preparer = Preparer(inputs_cache.local, download=download, say=say)
-    prepared = [preparer.prepare(spec) for spec in loaded.jobs(chosen)]
+    prepared = [preparer.prepare(spec) for spec in specs]
     if download:  # a run: inputs to the cache URL, images built; a plan only says what would happen
         inputs_cache.publish(prepared, say=say)
         build_images(prepared, executor, say=say)

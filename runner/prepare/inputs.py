@@ -52,6 +52,11 @@ def _digest(path: Path) -> str:
     return digest
 
 
+def reads_cache(spec: JobSpec, cache: Path) -> bool:
+    """Whether the job reads anything through the cache folder (a downloaded dataset, ImageNet weights)."""
+    return bool(not spec.dataset.path and data.input_files(spec.dataset, cache)) or spec.model.weights == "imagenet"
+
+
 def of_job(spec: JobSpec, cache: Path) -> list[Input]:
     """The files the job finds through its cache folder (a dataset without `path`, ImageNet weights);
     missing ones are left out."""
