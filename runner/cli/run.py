@@ -15,7 +15,7 @@ from runner.report.live import LiveView
 from runner.schedule import cluster as ray_cluster
 from runner.store import JobStore, ResultsStore, SuiteStore, locate
 from runner.suite import LoadedSuite, load_suite
-from schemas import JobSpec, JobState, RunStatus, Suite
+from schemas import JobSpec, JobState, RunStatus, Suite, registry
 
 SuiteArg = Annotated[Path, typer.Argument(help="Suite file, e.g. jobs/alexnet-challenge.yaml.")]
 ResultsOpt = Annotated[
@@ -54,8 +54,9 @@ InsecureOpt = Annotated[
 
 
 def _check_executor(executor: str | None) -> None:
-    if executor is not None and executor not in ("auto", "process", "docker"):
-        raise UserError(f"--executor {executor!r} is not one of auto, process, docker. Fix: pick one of those.")
+    names = (registry.AUTO_EXECUTOR, *registry.EXECUTORS)
+    if executor is not None and executor not in names:
+        raise UserError(f"--executor {executor!r} is not one of {', '.join(names)}. Fix: pick one of those.")
 
 
 def _pick_profile(loaded: LoadedSuite, asked: str | None, gpus: float) -> str | None:

@@ -24,11 +24,12 @@ from typing import TYPE_CHECKING, Any
 
 from runner import __version__
 from runner.errors import UserError
+from schemas import registry
 
 if TYPE_CHECKING:
     import docker
 
-FRAMEWORKS = ("torch", "tensorflow")
+FRAMEWORKS = tuple(registry.FRAMEWORKS)
 ROOT = Path(__file__).resolve().parents[2]  # the source checkout: docker/, runner/, schemas/
 OFFLINE_BASE = "gridrun-python:bookworm"  # what docker/base/build.sh makes
 PIP_CA = "docker/pip-ca/ca.crt"  # where a proxy CA travels in the build context (builder stage only)
@@ -83,7 +84,7 @@ def dockerfile(framework: str) -> Path:
     """docker/<framework>.Dockerfile in the source checkout."""
     if framework not in FRAMEWORKS:
         raise UserError(f"unknown framework {framework!r}: use one of {', '.join(FRAMEWORKS)}")
-    path = ROOT / "docker" / f"{framework}.Dockerfile"
+    path = ROOT / registry.FRAMEWORKS[framework].dockerfile
     if not path.is_file():
         raise UserError(f"{path} is missing: gridrun's images are built from a source checkout of gridrun")
     return path
@@ -91,7 +92,7 @@ def dockerfile(framework: str) -> Path:
 
 def _context_files(framework: str) -> list[tuple[str, Path]]:
     """(name in the build context, file) for everything a build sends, sorted; the CA is not among them."""
-    files = [(f"docker/{framework}.Dockerfile", dockerfile(framework))]
+    files = [(registry.FRAMEWORKS[framework].dockerfile, dockerfile(framework))]
     files += [(name, ROOT / name) for name in CONTEXT_FILES]
     for folder in CONTEXT_DIRS:
         for path in sorted((ROOT / folder).rglob("*")):
@@ -115,7 +116,7 @@ def source_hash(framework: str) -> str:
 
 def tag(framework: str) -> str:
     """gridrun-<framework>:<version>-<Dockerfile hash>, e.g. gridrun-torch:0.1.0-3f2a9c01b7de."""
-    return f"gridrun-{framework}:{__version__}-{dockerfile_hash(framework)}"
+    return f"{registry.FRAMEWORKS[framework].image}:{__version__}-{dockerfile_hash(framework)}"
 
 
 def digest(image: Any) -> str:

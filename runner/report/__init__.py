@@ -54,8 +54,7 @@ def build_document(
     pairs = tables.framework_pairs(runs)
     if pairs:
         add(
-            "PyTorch and TensorFlow",
-            "The same model with the same weights and data in both frameworks (the best run of each side).",
+            *tables.framework_section(pairs),
             tables.framework_table(pairs, label),
             plotter.frameworks(pairs) if plotter else None,
         )
