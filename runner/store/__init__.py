@@ -17,12 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import Any
 
 from runner.errors import UserError
-from runner.store.layout import JobPaths, SuitePaths, atomic_path, read_json, write_json
+from runner.store.layout import JobPaths, SuitePaths, atomic_path, read_json, validated, write_json
 from runner.store.storage import Storage
 from runner.store.sync import Syncer
 from schemas import RunResult, RunStatus, SpecFile
@@ -43,8 +41,6 @@ __all__ = [
     "write_json",
 ]
 
-M = TypeVar("M", bound=BaseModel)
-
 SPEC, STATUS, PROGRESS, RESULT, LOG = "spec.json", "status.json", "progress.json", "result.json", "log.txt"
 # The driver and the job's task write these into the store themselves: a working folder's copy never
 # overwrites them.
@@ -59,15 +55,6 @@ def node_dir() -> Path:
     """This node's own folder for working copies of jobs and the inputs it fetched ($GRIDRUN_NODE_DIR)."""
     base = os.environ.get("GRIDRUN_NODE_DIR") or Path(tempfile.gettempdir()) / "gridrun-nodes"
     return Path(base).expanduser()
-
-
-def _model(data: Any, model: type[M]) -> M | None:
-    if data is None:
-        return None
-    try:
-        return model.model_validate(data)
-    except ValidationError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -91,13 +78,13 @@ class JobStore:
         return self.storage.exists(SPEC)
 
     def read_spec(self) -> SpecFile | None:
-        return _model(self.storage.read_json(SPEC), SpecFile)
+        return validated(self.storage.read_json(SPEC), SpecFile)
 
     def read_status(self) -> RunStatus | None:
-        return _model(self.storage.read_json(STATUS), RunStatus)
+        return validated(self.storage.read_json(STATUS), RunStatus)
 
     def read_result(self) -> RunResult | None:
-        return _model(self.storage.read_json(RESULT), RunResult)
+        return validated(self.storage.read_json(RESULT), RunResult)
 
     def read_progress(self) -> dict[str, Any] | None:
         data = self.storage.read_json(PROGRESS)
@@ -287,9 +274,4 @@ def copy_tree(source: Storage, dest: Storage, say=print) -> tuple[int, int]:
     return done, size
 
 
-def read_model(data: Any, model: type[M]) -> M | None:
-    """`data` validated as `model`, or None."""
-    return _model(data, model)
-
-
-__all__ += ["copy_tree", "locate", "read_model"]
+__all__ += ["copy_tree", "locate"]

@@ -96,15 +96,19 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
-def read_model(path: Path, model: type[M]) -> M | None:
-    """The file validated as `model`, or None when missing or invalid."""
-    data = read_json(path)
+def validated(data: Any, model: type[M]) -> M | None:
+    """Parsed JSON validated as `model`, or None when missing (None) or invalid."""
     if data is None:
         return None
     try:
         return model.model_validate(data)
     except ValidationError:
         return None
+
+
+def read_model(path: Path, model: type[M]) -> M | None:
+    """The file validated as `model`, or None when missing or invalid."""
+    return validated(read_json(path), model)
 
 
 @dataclass(frozen=True)
