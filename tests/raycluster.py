@@ -141,12 +141,19 @@ class RayCluster:
         return os.geteuid() == 0 and probe.returncode == 0
 
     def start_head(self, cpus: float = 1, gpus: int = 0, env: dict | None = None) -> None:
-        cmd, nm = self._command(cpus, gpus, None, None)
-        self.gcs_port, self.dashboard_port, self.client_port = free_port(), free_port(), free_port()
-        cmd += ["--head", "--port", str(self.gcs_port), "--temp-dir", str(self.temp)]
-        cmd += ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
-        cmd += ["--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(self.client_port)]
-        _run(cmd, {**self.base_env(), **HEAD_ENV, **(env or {})})
+        for tries_left in (1, 0):  # on a loaded machine `ray start --head` can time out waiting for its GCS
+            cmd, nm = self._command(cpus, gpus, None, None)
+            self.gcs_port, self.dashboard_port, self.client_port = free_port(), free_port(), free_port()
+            cmd += ["--head", "--port", str(self.gcs_port), "--temp-dir", str(self.temp)]
+            cmd += ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1"]
+            cmd += ["--dashboard-port", str(self.dashboard_port), "--ray-client-server-port", str(self.client_port)]
+            proc = subprocess.run(
+                cmd, env={**self.base_env(), **HEAD_ENV, **(env or {})}, capture_output=True, text=True, timeout=180
+            )
+            if proc.returncode == 0:
+                break
+            kill_trees(lambda c: str(self.temp) in c)  # what the failed start left, before trying again
+            assert tries_left, proc.stdout[-3000:] + proc.stderr[-3000:]
         self.head = RayNode(nm, env or {})
 
     def start_workers(self, specs: list[dict]) -> list[RayNode]:
@@ -219,8 +226,3 @@ class RayCluster:
                 break
             time.sleep(0.5)
         shutil.rmtree(self.temp, ignore_errors=True)
-
-
-def _run(cmd: list[str], env: dict[str, str]) -> None:
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
