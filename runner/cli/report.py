@@ -14,9 +14,10 @@ def report(
     from runner.report.runs import load_suite
     from runner.store import ResultsStore
 
-    load_suite(suite_dir)  # one clear message when it is not a suite's folder
     suite = ResultsStore.open(suite_dir).as_suite()
-    assert suite is not None
+    if suite is None:
+        load_suite(suite_dir)  # raises the one clear message of what the folder is instead
+        return
     written = write_suite_report(suite)
     md, page, plots = written[0], written[1], written[2:]
     console.print(f"report: {page}\n        {md}\n        {len(plots)} plots in {suite.url}/plots", highlight=False)

@@ -187,6 +187,7 @@ class Driver:
         self.cluster = ray_cluster.current()
         self.lost: ClusterLost | None = None  # set when the cluster went away mid-suite
         self._attempts: dict[str, int] = {}
+        self._specs: dict[str, str] = {}  # job -> its spec.json, as written
 
     def run(self, plan: list[PlannedJob]) -> dict[str, RunStatus]:
         """Run every job of the plan; return the final status of each."""
@@ -222,20 +223,20 @@ class Driver:
         if job.action == "skip":
             return
         store.clear("result.json", "progress.json")
-        store.write_spec(
-            SpecFile(
-                suite=self.suite.name,
-                job=job.spec.name,
-                spec_hash=job.spec_hash,
-                code_version=__version__,
-                profile=self.profile,
-                declared=job.declared,
-                spec=job.spec,
-                substitutions=job.substitutions,
-                executor=job.executor.name,
-                image=job.executor.image,
-            )
+        spec_file = SpecFile(
+            suite=self.suite.name,
+            job=job.spec.name,
+            spec_hash=job.spec_hash,
+            code_version=__version__,
+            profile=self.profile,
+            declared=job.declared,
+            spec=job.spec,
+            substitutions=job.substitutions,
+            executor=job.executor.name,
+            image=job.executor.image,
         )
+        store.write_spec(spec_file)
+        self._specs[job.spec.name] = spec_file.model_dump_json()
 
     def _submit(self, job: PlannedJob, tries_left: int) -> Running:
         previous = job.store.read_status()
@@ -248,8 +249,6 @@ class Driver:
         )
         job.store.write_status(queued)
         attempt = self._attempts[job.spec.name] = self._attempts.get(job.spec.name, 0) + 1
-        spec_file = job.store.read_spec()
-        assert spec_file is not None  # written by _write_spec just before
         request = Request(
             results=self.results.url,
             suite=self.suite.name,
@@ -258,7 +257,7 @@ class Driver:
             executor=job.executor.name,
             run_id=self.run_id,
             attempt=attempt,
-            spec_json=spec_file.model_dump_json(),
+            spec_json=self._specs[job.spec.name],  # as written by _write_spec: no read back from the store
             status_json=queued.model_dump_json(),
             wanted=inputs.of_job(job.spec, self.cache.local) if self.cache.remote is not None else [],
         )
