@@ -15,7 +15,7 @@ from schemas.job import (
 )
 from schemas.result import ClassAccuracy, Environment, EpochRecord, RunResult, Substitution, Timing
 from schemas.run import SpecFile
-from schemas.status import JobState, RunStatus
+from schemas.status import JobState, Owner, RunStatus
 from schemas.suite import MatrixSpec, Suite
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "MatrixSpec",
     "ModelSpec",
     "OptimizerSpec",
+    "Owner",
     "ResourcesSpec",
     "RunResult",
     "RunStatus",

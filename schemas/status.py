@@ -10,7 +10,7 @@ from schemas.registry import EXECUTORS, plain
 
 
 class JobState(StrEnum):
-    """Where a run stands. The last four are final."""
+    """Where a run stands. All but queued and running are final."""
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -18,16 +18,31 @@ class JobState(StrEnum):
     FAILED = "failed"
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"  # its driver died (SIGKILL, out of memory, a lost machine) while it ran
 
     @property
     def final(self) -> bool:
         return self not in (JobState.QUEUED, JobState.RUNNING)
 
 
+class Owner(Strict):
+    """The gridrun driver that holds a suite folder (its lock or lease) and runs its jobs."""
+
+    run_id: str = Field(description="The driver's run id (each `gridrun run` has its own).")
+    host: str = Field(description="Host name of the machine the driver runs on.")
+    pid: int = Field(ge=0, description="The driver's process id on that host.")
+    command: str = Field("", description="What the driver runs, e.g. 'gridrun run jobs/smoke.yaml'.")
+    since: datetime = Field(description="When the driver took the suite folder (UTC).")
+    expires: datetime | None = Field(None, description="On object storage: when the lease ends unless renewed.")
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host}, run {self.run_id}, since {self.since:%Y-%m-%d %H:%M:%S} UTC"
+
+
 class RunStatus(Strict):
     """status.json: the run's state, with why it ended so."""
 
-    state: JobState = Field(description="queued, running, succeeded, failed, skipped or cancelled.")
+    state: JobState = Field(description="queued, running, succeeded, failed, skipped, cancelled or interrupted.")
     spec_hash: str = Field(description="Hash of the resolved spec this status belongs to.")
     attempts: int = Field(0, ge=0, description="How many times the run was started.")
     exit_code: int | None = Field(None, description="Exit code of the worker, when it ended.")
@@ -39,3 +54,4 @@ class RunStatus(Strict):
     queued_at: datetime | None = Field(None, description="When the run was queued (UTC).")
     started_at: datetime | None = Field(None, description="When the run started (UTC).")
     finished_at: datetime | None = Field(None, description="When the run ended (UTC).")
+    owner: Owner | None = Field(None, description="The driver that queued this run (a run id, host and pid).")

@@ -1,6 +1,7 @@
 """The core verbs: validate, plan, run, status, schema."""
 
 import json
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,9 +14,10 @@ from runner.plan import PlannedJob, disk, make_plan, plan_table
 from runner.prepare import Cache, Preparer, build_images, inputs
 from runner.report.live import LiveView
 from runner.schedule import cluster as ray_cluster
-from runner.store import JobStore, ResultsStore, SuiteStore, locate
+from runner.store import JobStore, ResultsStore, SuiteLock, SuiteStore, locate
+from runner.store.lock import me
 from runner.suite import LoadedSuite, load_suite
-from schemas import JobSpec, JobState, RunStatus, Suite, registry
+from schemas import JobSpec, JobState, Owner, RunStatus, Suite, registry
 
 SuiteArg = Annotated[Path, typer.Argument(help="Suite file, e.g. jobs/alexnet-challenge.yaml.")]
 ResultsOpt = Annotated[
@@ -99,6 +101,7 @@ def _prepare_plan(
     force: bool,
     download: bool,
     insecure: bool = False,
+    lock: SuiteLock | None = None,
 ) -> tuple[LoadedSuite, str | None, list[PlannedJob], ResultsStore, Cache]:
     """Load, reach the cluster and the stores, prepare (a run) or preview (a plan), and plan."""
     _check_executor(executor)
@@ -109,7 +112,16 @@ def _prepare_plan(
         )
     store = ResultsStore.open(results, create=True)
     inputs_cache = Cache.open(cache)
-    cluster = ray_cluster.connect(address, num_gpus=gpus, num_cpus=cpus, insecure=insecure)
+    suite_store = store.suite(loaded.name)
+    holder = suite_store.holder()
+    if holder is not None and lock is None:
+        console.print(
+            f"[yellow]{suite_store.url} is in use by another gridrun ({holder.describe()}): its jobs are shown as "
+            "they stand now.[/]",
+            highlight=False,
+        )
+    run_id = lock.owner.run_id if lock is not None else None
+    cluster = ray_cluster.connect(address, num_gpus=gpus, num_cpus=cpus, insecure=insecure, run_id=run_id)
     console.print(cluster.describe(), highlight=False)
     if store.local is not None:
         _shared_or_refuse(
@@ -192,13 +204,29 @@ def run(
     force: Annotated[bool, typer.Option("--force", help="Re-run jobs already done with the same spec.")] = False,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write the report at the end.")] = True,
     insecure: InsecureOpt = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="When another gridrun runs this suite into these results, wait for it.")
+    ] = False,
 ) -> None:
     """Run a suite on Ray: prepare inputs, schedule every job, gather results, write the report."""
     from runner.schedule.driver import Driver
 
+    owner = me(uuid.uuid4().hex[:12])
+    lock = _take(suite, results, owner, wait)
     try:
         loaded, chosen, planned, store, inputs_cache = _prepare_plan(
-            suite, results, profile, executor, address, cache, gpus, cpus, force, download=True, insecure=insecure
+            suite,
+            results,
+            profile,
+            executor,
+            address,
+            cache,
+            gpus,
+            cpus,
+            force,
+            download=True,
+            insecure=insecure,
+            lock=lock,
         )
         if any(p.executor.name == "docker" for p in planned):
             from runner.execute.docker import cleanup_stale
@@ -206,14 +234,18 @@ def run(
             removed = cleanup_stale()
             if removed:
                 console.print(f"removed {removed} container(s) left by an earlier crashed run")
-        driver = Driver(loaded.name, loaded.text, chosen, store, inputs_cache, LiveView(console))
+        driver = Driver(loaded.name, loaded.text, chosen, store, inputs_cache, LiveView(console), owner)
         finals = driver.run(planned)
+    except BaseException:
+        lock.release()
+        raise
     finally:
         ray_cluster.shutdown()
     suite_store = store.suite(loaded.name)
-    _write_summary(suite_store, loaded, chosen, planned, finals)
-    if report:
-        _report(suite_store)
+    with lock:
+        _write_summary(suite_store, loaded, chosen, planned, finals)
+        if report:
+            _report(suite_store)
     console.print(status_table(suite_store.jobs()))
     if driver.lost is not None:  # one message: what happened, what is in the results, how to go on
         raise driver.lost
@@ -222,6 +254,21 @@ def run(
         err.print(f"[red]{len(failed)} of {len(finals)} job(s) did not succeed:[/] {', '.join(failed)}")
         raise typer.Exit(1)
     console.print(f"[green]all {len(finals)} job(s) done[/]; results in {suite_store.url}")
+
+
+def _take(suite: Path, results: str, owner: Owner, wait: bool) -> SuiteLock:
+    """The suite folder's lock for this run, before Ray starts; jobs a dead driver left are marked interrupted."""
+    loaded = load_suite(suite)
+    suite_store = ResultsStore.open(results, create=True).suite(loaded.name)
+    lock = suite_store.lock(owner)
+    lock.acquire(wait=wait, say=lambda m: console.print(f"[yellow]{m}[/]", highlight=False))
+    try:
+        for name in suite_store.settle(owner):
+            console.print(f"[yellow]{name}: interrupted: the driver that ran it is gone[/]", highlight=False)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def _report(suite: SuiteStore) -> None:
@@ -269,8 +316,11 @@ def status_table(jobs: list[JobStore]) -> Table:
     table = Table(title="status", title_justify="left")
     for col in ("suite/job", "state", "attempts", "epochs", "test acc", "best (epoch)", "time", "reason"):
         table.add_column(col, overflow="fold")
+    holders: dict[str, Owner | None] = {}  # per suite folder: its live driver, if any
     for job in jobs:
-        status = job.read_status()
+        if job.suite not in holders:
+            holders[job.suite] = job.holder()
+        status = job.read_status_seen(holders[job.suite])
         result = job.read_result()
         progress = job.read_progress() or {}
         state = status.state.value if status else "unknown"

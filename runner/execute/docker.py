@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from runner.errors import UserError
-from runner.execute import images
+from runner.execute import images, reaper
 from runner.execute.base import Executor, Launch, Outcome, worker_command, worker_env
 from schemas import JobSpec
 
@@ -225,8 +225,11 @@ class DockerExecutor(Executor):
         if lend_to:
             _chown_tree(launch.paths.dir, *lend_to)
         container = None
+        watchdog = None
         try:
             container = client.containers.create(**config)
+            # Removes the container should this Ray worker be killed before the `finally` below can.
+            watchdog = reaper.guard_container(container.id)
             with open(launch.paths.log, "ab", buffering=0) as log:
                 log.write(
                     f"$ docker run {name} ({container.name}, user {user}): {' '.join(config['command'])}\n".encode()
@@ -244,6 +247,7 @@ class DockerExecutor(Executor):
         finally:
             if container is not None:
                 _remove(container)
+            reaper.release(watchdog)
             if lend_to:
                 _chown_tree(launch.paths.dir, os.getuid(), os.getgid())
 

@@ -6,10 +6,19 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 from runner.execute.base import Executor, Launch, Outcome, worker_command, worker_env
 
 _PR_SET_PDEATHSIG = 1
+POLL_S = 0.25
+
+
+def _wait(proc: subprocess.Popen[bytes], seconds: float) -> int | None:
+    try:
+        return proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def _die_with_parent() -> None:
@@ -56,11 +65,15 @@ class ProcessExecutor(Executor):
                 start_new_session=True,  # its own process group, so a cancel reaches its children
                 preexec_fn=_die_with_parent,
             )
+            deadline = time.monotonic() + launch.timeout_s if launch.timeout_s else None
             try:
-                code = proc.wait(timeout=launch.timeout_s)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                return Outcome(124, f"timed out after {launch.timeout_s / 60:g} minutes (resources.timeout_minutes)")
+                # Short waits: Ray's cancel raises KeyboardInterrupt only once this thread runs Python again,
+                # which a plain wait() would not do before the worker ends.
+                while (code := _wait(proc, POLL_S)) is None:
+                    if deadline is not None and time.monotonic() > deadline:
+                        _kill_group(proc)
+                        minutes = launch.timeout_s / 60
+                        return Outcome(124, f"timed out after {minutes:g} minutes (resources.timeout_minutes)")
             except BaseException:  # Ray's cancel arrives as KeyboardInterrupt
                 _kill_group(proc)
                 raise

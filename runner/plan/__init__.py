@@ -15,7 +15,7 @@ from runner.plan.nodes import Node
 from runner.prepare import Prepared
 from runner.store import JobStore, ResultsStore
 from runner.suite import LoadedSuite
-from schemas import JobSpec, JobState, Substitution
+from schemas import JobSpec, JobState, Owner, Substitution
 
 
 @dataclass
@@ -112,21 +112,29 @@ def make_plan(
             "that fits (--profile cpu), or attach a larger cluster with --address."
         )
     suite = results.suite(loaded.name)
+    holder = suite.holder()  # a live driver of this suite folder: its queued and running jobs are not stale
     plan = []
     for ready in prepared:
         declared = ready.declared
         choice = ready.executor or choose(executor or declared.executor, ready.spec, say=say)
         digest = ready.spec.digest(choice.image, __version__)
         store = suite.job(declared.name)
-        action, why = _decide(store, digest, ready, force)
+        action, why = _decide(store, digest, ready, force, holder)
+        if action == "run" and why.startswith(("spec changed", "forced")) and store.read_result() is not None:
+            why += f"; the earlier result is kept in {suite.aside_name(declared.name, _old_hash(store))}"
         plan.append(PlannedJob(declared, ready, choice, executor or declared.executor, digest, action, why, store))
     return plan
 
 
-def _decide(store: JobStore, digest: str, prepared: Prepared, force: bool) -> tuple[str, str]:
+def _old_hash(store: JobStore) -> str:
+    spec = store.read_spec()
+    return spec.spec_hash if spec is not None else "unknown"
+
+
+def _decide(store: JobStore, digest: str, prepared: Prepared, force: bool, holder: Owner | None) -> tuple[str, str]:
     if prepared.missing:
         return "fail", f"missing input: {prepared.missing}"
-    status = store.read_status()
+    status = store.read_status_seen(holder)
     if status is None:
         return "run", "new"
     same = status.spec_hash == digest

@@ -21,11 +21,14 @@ import sys
 import threading
 import time
 import traceback
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
 from runner.errors import UserError
+from runner.execute import reaper
 from runner.plan.nodes import Node
 
 CLIENT_PORT = 10001  # Ray Client's default port on the head
@@ -389,6 +392,21 @@ def token_mode() -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _own_signals(ignore: tuple[signal.Signals, ...] = ()) -> Iterator[None]:
+    """Around ray.init: the driver's SIGINT, SIGTERM and SIGHUP handlers are its own again afterwards (Ray installs
+    a SIGTERM handler that dumps a C++ stack); `ignore` is what the processes Ray starts meanwhile inherit."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)}
+    for sig in ignore:
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
 def attach(address: str, insecure: bool = False) -> Target:
     """Checks, then ray.init on an existing cluster: token or --insecure, reachable, token accepted, same Ray."""
     target = parse_address(address)
@@ -406,12 +424,13 @@ def attach(address: str, insecure: bool = False) -> Target:
 
     os.environ.setdefault("RAY_gcs_rpc_server_reconnect_timeout_s", str(GCS_RECONNECT_S))
     try:
-        ray.init(
-            address=address,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            runtime_env=_code_runtime_env(),
-        )
+        with _own_signals():
+            ray.init(
+                address=address,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                runtime_env=_code_runtime_env(),
+            )
     except Exception as e:  # the preflight passed: the cluster changed since, or something it could not see
         outcome = Preflight([], {"error": type(e).__name__, "message": str(e), "text": _traceback(e)})
         raise (preflight_problem(target, token, outcome) or UserError(str(e))) from None
@@ -419,7 +438,11 @@ def attach(address: str, insecure: bool = False) -> Target:
 
 
 def connect(
-    address: str | None = None, num_gpus: float | None = None, num_cpus: int | None = None, insecure: bool = False
+    address: str | None = None,
+    num_gpus: float | None = None,
+    num_cpus: int | None = None,
+    insecure: bool = False,
+    run_id: str | None = None,
 ) -> Cluster:
     """Start an embedded Ray (dashboard off, everything on 127.0.0.1) or attach to `address`."""
     global _current
@@ -438,13 +461,12 @@ def connect(
             probe = (host, int(port))
         _current = Cluster(address, nodes(), probe)
         return _current
-    # Ctrl-C goes to the terminal's whole process group: Ray's own processes, started now, inherit
-    # "ignore SIGINT" so that only the driver sees it and can cancel the jobs in order.
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
+    # Ctrl-C and a closed terminal's SIGHUP go to the terminal's whole process group: Ray's own processes,
+    # started now, inherit "ignore" for both, so that only the driver sees them and cancels the jobs in order.
+    # A watchdog removes Ray's processes, the workers and containers should this driver die unannounced.
+    reaper.guard_run(run_id or uuid.uuid4().hex[:12])
+    with _own_signals(ignore=(signal.SIGINT, signal.SIGHUP)):
         _init_local(ray, num_gpus, num_cpus)
-    finally:
-        signal.signal(signal.SIGINT, previous)
     _current = Cluster("local", nodes())
     return _current
 

@@ -8,11 +8,12 @@ result.json last). No file travels through Ray. A job whose task or node fails r
 unfinished jobs are marked failed ("cluster lost"), finished ones stay.
 """
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,13 +23,13 @@ import ray
 
 from runner import __version__
 from runner import execute as executors
-from runner.errors import UserError
+from runner.errors import UserError, stop_name
 from runner.execute import Launch
 from runner.plan import PlannedJob
 from runner.prepare import Cache, inputs
 from runner.schedule import cluster as ray_cluster
 from runner.store import JobPaths, JobStore, ResultsStore, node_dir
-from schemas import JobState, RunStatus, SpecFile
+from schemas import JobState, Owner, RunStatus, SpecFile
 
 USER_ERROR_EXIT = 2
 HEAD_CHECK_S = 2.0
@@ -104,6 +105,11 @@ def _node_cache(req: Request) -> Path:
 def _execute(req: Request) -> dict:
     """The Ray task: start the job's worker with the GPUs Ray assigned, keep its folder in the store, wait,
     report how it ended."""
+    # Ray's cancel interrupts the task through SIGINT (_thread.interrupt_main), which does nothing where SIGINT
+    # is ignored, as it is in workers of an embedded Ray (its processes inherit the driver's "ignore Ctrl-C").
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        with contextlib.suppress(ValueError):  # not the main thread: then Ray cancels it its own way
+            signal.signal(signal.SIGINT, signal.default_int_handler)
     ctx = ray.get_runtime_context()
     gpu_ids = [str(i) for i in ctx.get_accelerator_ids().get("GPU", [])]
     node_id = ctx.get_node_id()
@@ -131,6 +137,7 @@ def _execute(req: Request) -> dict:
             gpu_ids=gpu_ids,
             queued_at=previous.queued_at,
             started_at=now(),
+            owner=previous.owner,
         )
     )
     syncer = job.syncer(paths.dir) if work is not None else None
@@ -176,6 +183,7 @@ class Driver:
         results: ResultsStore,
         cache: Cache,
         view: View,
+        owner: Owner,
     ) -> None:
         self.results = results
         self.suite = results.suite(suite_name)
@@ -183,7 +191,8 @@ class Driver:
         self.profile = profile
         self.cache = cache
         self.view = view
-        self.run_id = uuid.uuid4().hex[:12]
+        self.owner = owner  # holds the suite folder's lock: the one driver of these jobs
+        self.run_id = owner.run_id
         self.cluster = ray_cluster.current()
         self.lost: ClusterLost | None = None  # set when the cluster went away mid-suite
         self._attempts: dict[str, int] = {}
@@ -205,8 +214,8 @@ class Driver:
         self.view.start(plan)
         try:
             self._wait(running, finals)
-        except KeyboardInterrupt:
-            self._cancel(running, finals)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM / SIGHUP (runner.errors.Stopped)
+            self._cancel(running, finals, stop_name())
             raise
         except _Lost as e:
             self._give_up(running, finals, str(e))
@@ -218,8 +227,13 @@ class Driver:
         store = job.store
         old = store.read_spec()
         if job.action == "run" and old is not None and (old.spec_hash != job.spec_hash or job.why.startswith("forced")):
-            # A changed or forced spec starts clean: stale checkpoints must not be resumed.
-            store.remove()
+            # A changed or forced spec starts clean: stale checkpoints must not be resumed. A finished result
+            # is kept, moved aside (the plan named where); an unfinished one has nothing worth keeping.
+            if store.read_result() is not None:
+                where = self.suite.set_aside(job.spec.name, old.spec_hash)
+                self.view.event(job.spec.name, f"earlier result kept in {self.suite.url}/{where}")
+            else:
+                store.remove()
         if job.action == "skip":
             return
         store.clear("result.json", "progress.json")
@@ -246,6 +260,7 @@ class Driver:
             attempts=previous.attempts if previous and previous.spec_hash == job.spec_hash else 0,
             executor=job.executor.name,
             queued_at=now(),
+            owner=self.owner,
         )
         job.store.write_status(queued)
         attempt = self._attempts[job.spec.name] = self._attempts.get(job.spec.name, 0) + 1
@@ -340,9 +355,9 @@ class Driver:
         job.store.write_status(status)
         return status
 
-    def _cancel(self, running: list[Running], finals: dict[str, RunStatus]) -> None:
-        """Ctrl-C: cancel every task (its executor kills the worker and its files reach the store), then mark
-        each job cancelled; a job that finished before the stop keeps its result."""
+    def _cancel(self, running: list[Running], finals: dict[str, RunStatus], signal_name: str = "Ctrl-C") -> None:
+        """Ctrl-C (or SIGTERM, SIGHUP): cancel every task (its executor kills the worker and its files reach the
+        store), then mark each job cancelled; a job that finished before the stop keeps its result."""
         self.view.stop()
         for item in running:
             ray.cancel(item.ref, force=False)
@@ -350,7 +365,7 @@ class Driver:
         pending = [r.ref for r in running]
         while pending and time.monotonic() < deadline:
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=1)
-        why = "cancelled by `gridrun cancel`" if os.environ.get("GRIDRUN_SUBMISSION") else "cancelled by Ctrl-C"
+        why = "cancelled by `gridrun cancel`" if os.environ.get("GRIDRUN_SUBMISSION") else f"cancelled by {signal_name}"
         ended = set(ray.wait([r.ref for r in running], num_returns=len(running), timeout=0)[0]) if running else set()
         for item in running:
             name = item.job.spec.name

@@ -21,9 +21,10 @@ from typing import Any
 
 from runner.errors import UserError
 from runner.store.layout import JobPaths, SuitePaths, atomic_path, read_json, validated, write_json
+from runner.store.lock import SuiteLock, holder_of
 from runner.store.storage import Storage
 from runner.store.sync import Syncer
-from schemas import RunResult, RunStatus, SpecFile
+from schemas import JobState, Owner, RunResult, RunStatus, SpecFile
 
 __all__ = [
     "DRIVER_OWNED",
@@ -32,6 +33,7 @@ __all__ = [
     "JobStore",
     "ResultsStore",
     "Storage",
+    "SuiteLock",
     "SuitePaths",
     "SuiteStore",
     "Syncer",
@@ -49,6 +51,9 @@ DRIVER_OWNED = (SPEC, STATUS)
 NOT_RESUMED = (SPEC, STATUS, PROGRESS, RESULT)
 # What a report reads of a job folder (it never needs checkpoints or events).
 REPORT_FILES = (SPEC, STATUS, RESULT, PROGRESS)
+# Earlier finished results of a job whose spec changed (or that was forced): <suite>/_previous/<job>-<hash>.
+PREVIOUS = "_previous"
+_UNKNOWN = object()
 
 
 def node_dir() -> Path:
@@ -89,6 +94,34 @@ class JobStore:
     def read_progress(self) -> dict[str, Any] | None:
         data = self.storage.read_json(PROGRESS)
         return data if isinstance(data, dict) else None
+
+    def holder(self) -> Owner | None:
+        """The live driver holding this job's suite folder, if any."""
+        return holder_of(self.storage.parent())
+
+    def read_status_seen(self, holder: "Owner | object | None" = _UNKNOWN) -> RunStatus | None:
+        """status.json as a reader should take it: a queued or running job whose driver is gone (no live
+        holder of the suite folder, or another one) is interrupted, with when and its last epoch."""
+        status = self.read_status()
+        if status is None or status.state.final:
+            return status
+        live = self.holder() if holder is _UNKNOWN else holder
+        if live is not None and (status.owner is None or live.run_id == status.owner.run_id):
+            return status
+        return self.interrupted(status)
+
+    def interrupted(self, status: RunStatus) -> RunStatus:
+        """`status` (queued or running) as ended by the death of its driver."""
+        when = max((t for t in (self.storage.modified(STATUS), self.storage.modified(PROGRESS)) if t), default=None)
+        progress = self.read_progress() or {}
+        if status.state == JobState.RUNNING and progress.get("epoch"):
+            at = f"after epoch {progress['epoch']} of {progress.get('epochs', '?')}"
+        else:
+            at = "before its first epoch" if status.state == JobState.RUNNING else "while queued"
+        who = f" ({status.owner.describe()})" if status.owner else ""
+        seen = f"; last seen {when:%Y-%m-%d %H:%M:%S} UTC" if when else ""
+        reason = f"interrupted {at}: its driver{who} is gone{seen}. Run the suite again to resume it."
+        return status.model_copy(update={"state": JobState.INTERRUPTED, "reason": reason, "finished_at": when})
 
     def write_spec(self, spec: SpecFile) -> None:
         self.storage.write_json(SPEC, spec)
@@ -151,6 +184,42 @@ class SuiteStore:
 
     def exists(self) -> bool:
         return bool(self.jobs())
+
+    def lock(self, owner: Owner) -> SuiteLock:
+        """The lock (lease on object storage) that makes `owner` this suite folder's one driver."""
+        return SuiteLock(self.storage, owner)
+
+    def holder(self) -> Owner | None:
+        """The live driver holding this suite folder, if any."""
+        return holder_of(self.storage)
+
+    def settle(self, holder: Owner) -> list[str]:
+        """With the lock held by `holder`: record every job left queued or running by a dead driver as
+        interrupted. The names of those jobs."""
+        marked = []
+        for job in self.jobs():
+            status = job.read_status()
+            if status is None or status.state.final:
+                continue
+            if status.owner is None or status.owner.run_id != holder.run_id:
+                job.write_status(job.interrupted(status))
+                marked.append(job.name)
+        return marked
+
+    def aside_name(self, job: str, spec_hash: str) -> str:
+        """Where an earlier finished result of `job` is kept when a new spec replaces it (free, relative)."""
+        base = f"{PREVIOUS}/{job}-{spec_hash[:12]}"
+        name, n = base, 1
+        while self.storage.exists(f"{name}/{SPEC}"):
+            n += 1
+            name = f"{base}-{n}"
+        return name
+
+    def set_aside(self, job: str, spec_hash: str) -> str:
+        """Move the job's folder to `aside_name`, keeping its result; the relative name it went to."""
+        name = self.aside_name(job, spec_hash)
+        self.storage.move(job, name)
+        return name
 
     def write_suite_file(self, text: str) -> None:
         self.storage.write_text("suite.yaml", text)

@@ -13,6 +13,7 @@ import shutil
 import stat
 import uuid
 from collections.abc import Callable, Collection
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Self
 from urllib.parse import urlsplit
@@ -343,6 +344,16 @@ class Storage:
             create=self.create,
         )
 
+    def parent(self) -> "Storage":
+        """The folder holding the root, for reading (a suite's lock seen from one of its jobs). Writes stay
+        confined to the root this Storage was opened on."""
+        local = self.local.parent if self.local is not None else None
+        root = self.root.rstrip("/").rpartition("/")[0] or self.root
+        url = self.url.rstrip("/").rpartition("/")[0] or self.url
+        return Storage(
+            fs=self.fs, root=root, url=url, protocol=self.protocol, local=local, jail=self._jail, create=False
+        )
+
     @property
     def key(self) -> str:
         """One string per place: the same folder reached twice gives the same key."""
@@ -414,6 +425,21 @@ class Storage:
             return None if data is None else json.loads(data)
         except ValueError:
             return None
+
+    def modified(self, rel: str) -> datetime | None:
+        """When the object was last written (UTC), or None when missing."""
+        try:
+            if self.local is not None:
+                return datetime.fromtimestamp((self.local / _check_rel(rel)).stat().st_mtime, UTC)
+            info = self.fs.info(self.path(_check_rel(rel)))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        stamp = info.get("LastModified") or info.get("mtime") or info.get("last_modified")
+        if isinstance(stamp, datetime):
+            return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+        if isinstance(stamp, int | float):
+            return datetime.fromtimestamp(stamp, UTC)
+        return None
 
     def exists(self, rel: str = "") -> bool:
         if self.local is not None:
@@ -493,6 +519,44 @@ class Storage:
             self._write_local(rel, lambda f: f.write(data))
         else:
             self.fs.pipe_file(self.path(_check_rel(rel)), bytes(data))
+
+    def create_bytes(self, rel: str, data: bytes) -> bool:
+        """Write `rel` only if it does not exist yet: True when this call created it, False when it was there.
+
+        Locally the temp file is linked into place (link fails on an existing name); on S3 one conditional PUT
+        (If-None-Match). A store whose filesystem has no conditional write checks then writes (not atomic)."""
+        if self.local is not None:
+            target = self._target(rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.tmp"
+            try:
+                with open(tmp, "xb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.link(tmp, target)
+            except FileExistsError:
+                return False
+            finally:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            _fsync_dir(target.parent)
+            return True
+        path = self.path(_check_rel(rel))
+        self._fresh()
+        try:
+            self.fs.pipe_file(path, bytes(data), mode="create")
+        except FileExistsError:
+            return False
+        except TypeError:  # this filesystem has no exclusive create
+            if self.fs.exists(path):
+                return False
+            self.fs.pipe_file(path, bytes(data))
+        except OSError as e:  # S3 answers 412 Precondition Failed for an existing key
+            if "412" in str(e) or "PreconditionFailed" in str(e):
+                return False
+            raise
+        return True
 
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode("utf-8"))
