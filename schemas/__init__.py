@@ -14,7 +14,7 @@ from schemas.job import (
     TrainSpec,
 )
 from schemas.result import ClassAccuracy, Environment, EpochRecord, RunResult, Substitution, Timing
-from schemas.run import SpecFile
+from schemas.run import Identity, SpecFile
 from schemas.status import JobState, Owner, RunStatus
 from schemas.suite import MatrixSpec, Suite
 
@@ -24,6 +24,7 @@ __all__ = [
     "DatasetSpec",
     "Environment",
     "EpochRecord",
+    "Identity",
     "JobSpec",
     "JobState",
     "MatrixSpec",

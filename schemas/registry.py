@@ -41,6 +41,7 @@ class Framework:
     weights_suffixes: tuple[str, ...]  # the weights files it loads, by suffix
     weights_kind: str  # what those files are, in words
     weights_fix: str  # how to make one, for error messages
+    packages: tuple[str, ...] = ()  # its distributions, whose versions are part of a run's identity
     colour: str = ""  # its bars in the report's plots ("" picks one)
 
 
@@ -58,6 +59,7 @@ FRAMEWORKS: dict[str, Framework] = {
             weights_kind="PyTorch state dicts",
             weights_fix="give a .pth/.pt state dict saved with torch.save(model.state_dict(), path) "
             "(a gridrun torch run's checkpoints/best.pt)",
+            packages=("torch", "torchvision"),
             colour="#ee4c2c",
         ),
         Framework(
@@ -71,6 +73,7 @@ FRAMEWORKS: dict[str, Framework] = {
             weights_kind="Keras weights",
             weights_fix="give a .weights.h5 or .keras file saved from the Keras model "
             "(a gridrun tensorflow run's checkpoints/best.weights.h5), or a keras-applications .h5",
+            packages=("tensorflow", "keras"),
             colour="#ff8f00",
         ),
     )

@@ -1,5 +1,8 @@
 """spec.json: the job as declared, the job as run, and the hash that decides re-runs."""
 
+import hashlib
+import json
+
 from pydantic import Field
 
 from schemas.base import Strict
@@ -8,12 +11,30 @@ from schemas.registry import EXECUTORS, plain
 from schemas.result import Substitution
 
 
+class Identity(Strict):
+    """What a run's result depends on, part by part, so that a later plan can say which part changed."""
+
+    spec: str = Field(description="Hash of the resolved spec (the job as it runs).")
+    code: str = Field(description="Hash of the worker's own modules: each one's path and bytes.")
+    versions: dict[str, str] = Field(
+        default_factory=dict,
+        description="Versions the run depends on: framework packages, numpy, python (process); "
+        "those the image's labels declare (docker).",
+    )
+    image: str = Field("", description="Docker image id or digest; '' for a local process.")
+
+    def digest(self) -> str:
+        """The run's identity hash: all the parts together."""
+        parts = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(parts.encode()).hexdigest()[:16]
+
+
 class SpecFile(Strict):
     """What the driver hands the worker, and what a re-run compares against."""
 
     suite: str = Field(description="Suite name.")
     job: str = Field(description="Job name.")
-    spec_hash: str = Field(description="Hash of `spec`, the image and the code version.")
+    spec_hash: str = Field(description="The run's identity hash: of `identity`'s parts.")
     code_version: str = Field(description="gridrun version that planned the run.")
     profile: str | None = Field(None, description="Profile applied, if any.")
     declared: JobSpec = Field(description="The job as the suite declares it (after defaults and profile).")
@@ -21,3 +42,6 @@ class SpecFile(Strict):
     substitutions: list[Substitution] = Field(default_factory=list, description="Declared substitutes in use.")
     executor: str = Field("", description=f"Executor chosen for it: {plain(list(EXECUTORS))}.")
     image: str = Field("", description="Docker image, when run in one.")
+    identity: Identity | None = Field(
+        None, description="The parts of `spec_hash`; absent in spec.json files written before they were kept."
+    )

@@ -40,6 +40,7 @@ LABEL_FRAMEWORK = "gridrun.framework"
 LABEL_SOURCE = "gridrun.source-hash"
 LABEL_BASE = "gridrun.base-image"
 LABEL_VERSION = "org.opencontainers.image.version"
+LABEL_PACKAGE = "gridrun.version."  # gridrun.version.<package>=<version>: a version an image declares it holds
 
 
 def docker_host() -> str:
@@ -123,6 +124,18 @@ def digest(image: Any) -> str:
     """A registry digest when the image came from one, else its content-addressed id (sha256:...)."""
     repo_digests = image.attrs.get("RepoDigests") or []
     return repo_digests[0] if repo_digests else image.id
+
+
+def identity(name: str) -> tuple[str, dict[str, str]]:
+    """(digest, package versions its labels declare) of the image `name` on this machine; ('', {}) when no
+    daemon answers or it is not here (yet: a plan before the build)."""
+    client, _ = try_connect(timeout=5)
+    image = local_image(client, name) if client is not None else None
+    if image is None:
+        return "", {}
+    labels = image.labels or {}
+    versions = {k.removeprefix(LABEL_PACKAGE): v for k, v in labels.items() if k.startswith(LABEL_PACKAGE)}
+    return digest(image), versions
 
 
 def default_base(framework: str) -> str:

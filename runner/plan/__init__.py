@@ -8,14 +8,14 @@ from pathlib import Path
 
 from rich.table import Table
 
-from runner import __version__
 from runner.errors import UserError
 from runner.execute import Choice, choose
+from runner.plan import identity
 from runner.plan.nodes import Node
 from runner.prepare import Prepared
 from runner.store import JobStore, ResultsStore
 from runner.suite import LoadedSuite
-from schemas import JobSpec, JobState, Owner, Substitution
+from schemas import Identity, JobSpec, JobState, Owner, Substitution
 
 
 @dataclass
@@ -26,10 +26,11 @@ class PlannedJob:
     prepared: Prepared
     executor: Choice
     requested_executor: str
-    spec_hash: str
+    spec_hash: str  # identity.digest()
     action: str  # run, skip or fail
     why: str
     store: JobStore  # the job's folder in the results store
+    identity: Identity  # what the result depends on, recorded in spec.json
 
     @property
     def spec(self) -> JobSpec:
@@ -114,34 +115,47 @@ def make_plan(
     suite = results.suite(loaded.name)
     holder = suite.holder()  # a live driver of this suite folder: its queued and running jobs are not stale
     plan = []
+    runtimes: dict[tuple[str, str], tuple[dict[str, str], str]] = {}  # one look at the packages or daemon each
     for ready in prepared:
         declared = ready.declared
         choice = ready.executor or choose(executor or declared.executor, ready.spec, say=say)
-        digest = ready.spec.digest(choice.image, __version__)
+        key = (ready.spec.framework, choice.image)
+        if key not in runtimes:
+            runtimes[key] = identity.runtime(ready.spec.framework, choice)
+        ident = identity.identify(ready.spec, *runtimes[key])
         store = suite.job(declared.name)
-        action, why = _decide(store, digest, ready, force, holder)
-        if action == "run" and why.startswith(("spec changed", "forced")) and store.read_result() is not None:
-            why += f"; the earlier result is kept in {suite.aside_name(declared.name, _old_hash(store))}"
-        plan.append(PlannedJob(declared, ready, choice, executor or declared.executor, digest, action, why, store))
+        action, why = _decide(store, ident, ready, force, holder)
+        old = store.read_spec() if action == "run" else None
+        if old is not None and (old.spec_hash != ident.digest() or why.startswith("forced")) and store.read_result():
+            why += f"; the earlier result is kept in {suite.aside_name(declared.name, old.spec_hash)}"
+        plan.append(
+            PlannedJob(
+                declared,
+                ready,
+                choice,
+                executor or declared.executor,
+                ident.digest(),
+                action,
+                why,
+                store,
+                ident,
+            )
+        )
     return plan
 
 
-def _old_hash(store: JobStore) -> str:
-    spec = store.read_spec()
-    return spec.spec_hash if spec is not None else "unknown"
-
-
-def _decide(store: JobStore, digest: str, prepared: Prepared, force: bool, holder: Owner | None) -> tuple[str, str]:
+def _decide(store: JobStore, ident: Identity, prepared: Prepared, force: bool, holder: Owner | None) -> tuple[str, str]:
     if prepared.missing:
         return "fail", f"missing input: {prepared.missing}"
     status = store.read_status_seen(holder)
     if status is None:
         return "run", "new"
+    digest = ident.digest()
     same = status.spec_hash == digest
     if status.state in (JobState.SUCCEEDED, JobState.SKIPPED) and same and store.read_result() is not None:
         return ("run", "forced (--force)") if force else ("skip", f"done with the same spec ({digest})")
     if not same:
-        return "run", "spec changed"
+        return "run", identity.changes(store.read_spec(), ident, prepared.spec)
     return "run", f"resume after {status.state.value}"
 
 

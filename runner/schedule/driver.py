@@ -248,6 +248,7 @@ class Driver:
             substitutions=job.substitutions,
             executor=job.executor.name,
             image=job.executor.image,
+            identity=job.identity,
         )
         store.write_spec(spec_file)
         self._specs[job.spec.name] = spec_file.model_dump_json()
