@@ -10,6 +10,7 @@ from rich.table import Table
 
 from runner.cli.app import app, console, err
 from runner.errors import UserError
+from runner.execute import reaper
 from runner.plan import PlannedJob, disk, make_plan, plan_table
 from runner.prepare import Cache, Preparer, build_images, inputs
 from runner.report.live import LiveView
@@ -263,8 +264,16 @@ def _take(suite: Path, results: str, owner: Owner, wait: bool) -> SuiteLock:
     lock = suite_store.lock(owner)
     lock.acquire(wait=wait, say=lambda m: console.print(f"[yellow]{m}[/]", highlight=False))
     try:
-        for name in suite_store.settle(owner):
-            console.print(f"[yellow]{name}: interrupted: the driver that ran it is gone[/]", highlight=False)
+        dead: set[str] = set()
+        for name, found in suite_store.settle(owner):
+            now = suite_store.job(name).read_status()
+            console.print(f"[yellow]{name}: {now.state.value if now else '?'}: the driver that ran it is gone[/]")
+            if found.owner is not None and found.owner.host == owner.host:
+                dead.add(found.owner.run_id)
+        # What a killed driver started may outlive it by seconds (its watchdog sweeps after a grace): end it now,
+        # so that no job has two writers.
+        for run_id in dead:
+            reaper.sweep(run_id)
     except BaseException:
         lock.release()
         raise

@@ -328,8 +328,10 @@ class Driver:
             finals[job.spec.name] = self._finish(job, JobState.CANCELLED, reason="cancelled")
             return None
         code, reason = outcome.get("exit_code"), outcome.get("reason", "")
-        if code == 0 and job.store.read_result() is not None:
-            finals[job.spec.name] = self._finish(job, JobState.SUCCEEDED, exit_code=0)
+        if job.store.read_result() is not None:
+            # result.json is written last and whole: the run is complete even if its worker was killed after.
+            note = "" if code == 0 else f"finished, then its worker ended with {reason or code}"
+            finals[job.spec.name] = self._finish(job, JobState.SUCCEEDED, exit_code=code, reason=note)
             self.view.event(job.spec.name, "succeeded")
             return None
         if code == 0:

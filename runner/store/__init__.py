@@ -111,8 +111,12 @@ class JobStore:
         return self.interrupted(status)
 
     def interrupted(self, status: RunStatus) -> RunStatus:
-        """`status` (queued or running) as ended by the death of its driver."""
+        """`status` (queued or running) as ended by the death of its driver: interrupted, or succeeded when its
+        worker had written result.json (last, whole) before the driver could record it."""
         when = max((t for t in (self.storage.modified(STATUS), self.storage.modified(PROGRESS)) if t), default=None)
+        if self.read_result() is not None:
+            reason = "finished; its driver stopped before it could record that"
+            return status.model_copy(update={"state": JobState.SUCCEEDED, "reason": reason, "finished_at": when})
         progress = self.read_progress() or {}
         if status.state == JobState.RUNNING and progress.get("epoch"):
             at = f"after epoch {progress['epoch']} of {progress.get('epochs', '?')}"
@@ -193,9 +197,9 @@ class SuiteStore:
         """The live driver holding this suite folder, if any."""
         return holder_of(self.storage)
 
-    def settle(self, holder: Owner) -> list[str]:
+    def settle(self, holder: Owner) -> list[tuple[str, RunStatus]]:
         """With the lock held by `holder`: record every job left queued or running by a dead driver as
-        interrupted. The names of those jobs."""
+        interrupted (or succeeded, when it had written its result). Those jobs, with their status as found."""
         marked = []
         for job in self.jobs():
             status = job.read_status()
@@ -203,7 +207,7 @@ class SuiteStore:
                 continue
             if status.owner is None or status.owner.run_id != holder.run_id:
                 job.write_status(job.interrupted(status))
-                marked.append(job.name)
+                marked.append((job.name, status))
         return marked
 
     def aside_name(self, job: str, spec_hash: str) -> str:
