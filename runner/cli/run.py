@@ -194,12 +194,13 @@ def run(
     insecure: InsecureOpt = False,
 ) -> None:
     """Run a suite on Ray: prepare inputs, schedule every job, gather results, write the report."""
-    from runner.schedule.driver import Driver
-
     try:
         loaded, chosen, planned, store, inputs_cache = _prepare_plan(
             suite, results, profile, executor, address, cache, gpus, cpus, force, download=True, insecure=insecure
         )
+        # Imports ray: only once the cluster is up, since Ray reads how to start the embedded one when imported.
+        from runner.schedule.driver import Driver
+
         if any(p.executor.name == "docker" for p in planned):
             from runner.execute.docker import cleanup_stale
 
