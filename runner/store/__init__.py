@@ -102,6 +102,10 @@ class JobStore:
     def log_url(self) -> str:
         return self.storage.path_url(LOG)
 
+    def has_log(self) -> bool:
+        """Whether the job's log.txt was written (a file, not just the name)."""
+        return self.storage.exists(LOG) and not self.storage.isdir(LOG)
+
     def clear(self, *names: str) -> None:
         """Remove files or folders of the job (e.g. a stale result before a new attempt)."""
         for name in names:
