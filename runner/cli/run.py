@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from runner.cli.app import app, console, err
@@ -13,7 +14,7 @@ from runner.plan import PlannedJob, disk, make_plan, plan_table
 from runner.prepare import Cache, Preparer, build_images, inputs
 from runner.report.live import LiveView
 from runner.schedule import cluster as ray_cluster
-from runner.store import JobStore, ResultsStore, SuiteStore, locate
+from runner.store import BAD_FILE_FIX, JobStore, ResultsStore, SuiteStore, locate
 from runner.suite import LoadedSuite, load_suite
 from schemas import JobSpec, JobState, RunStatus, Suite, registry
 
@@ -271,10 +272,13 @@ def status_table(jobs: list[JobStore]) -> Table:
     for col in ("suite/job", "state", "attempts", "epochs", "test acc", "best (epoch)", "time", "reason"):
         table.add_column(col, overflow="fold")
     for job in jobs:
-        status = job.read_status()
-        result = job.read_result()
+        files = job.read_files()
+        status, result = files.status, files.result
         progress = job.read_progress() or {}
-        state = status.state.value if status else "unknown"
+        state = status.state.value if status else ("unreadable" if files.problem_of("status.json") else "unknown")
+        # A file that is there but unusable is named, with the fix, beside the reason the job recorded.
+        reasons = [status.reason] if status and status.reason else []
+        reasons += [f"{problem}; {BAD_FILE_FIX}" for problem in files.problems]
         done = len(result.epochs) if result else progress.get("epoch", 0)
         total = result.spec.train.epochs if result else progress.get("epochs", "?")
         table.add_row(
@@ -285,7 +289,7 @@ def status_table(jobs: list[JobStore]) -> Table:
             f"{result.final_test_accuracy:.2%}" if result else "",
             f"{result.best_test_accuracy:.2%} ({result.best_epoch})" if result else "",
             f"{result.timing.total_seconds:.0f}s" if result else "",
-            status.reason if status else "",
+            escape("\n".join(reasons)),  # a reason may hold brackets ([Errno 2], a list): text, not markup
         )
     return table
 
