@@ -1,12 +1,22 @@
 """The state of one run, as kept in status.json."""
 
+import re
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from schemas.base import Strict
 from schemas.registry import EXECUTORS, plain
+
+# Terminal escapes (colours from Ray's tracebacks, cursor moves) and other control characters but newline and tab.
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain_text(text: str) -> str:
+    """`text` without terminal escapes or control characters: what a file, a table and a browser show alike."""
+    return _CONTROLS.sub("", _ESCAPES.sub("", text))
 
 
 class JobState(StrEnum):
@@ -55,3 +65,9 @@ class RunStatus(Strict):
     started_at: datetime | None = Field(None, description="When the run started (UTC).")
     finished_at: datetime | None = Field(None, description="When the run ended (UTC).")
     owner: Owner | None = Field(None, description="The driver that queued this run (a run id, host and pid).")
+
+    @field_validator("reason")
+    @classmethod
+    def _plain_reason(cls, reason: str) -> str:
+        """Every reason is kept as plain text, whoever wrote it (Ray's errors come coloured)."""
+        return plain_text(reason)

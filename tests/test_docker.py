@@ -243,8 +243,23 @@ def test_killed_container_fails_the_job_with_a_reason(client, torch_image: str, 
     assert not thread.is_alive(), "the executor hangs after its container was killed"
     [outcome] = outcomes
     assert outcome.exit_code == 137
-    assert "was killed (SIGKILL, exit 137)" in outcome.reason and str(paths.log) in outcome.reason
+    assert "killed by SIGKILL (signal 9) during epoch " in outcome.reason and "exit 137" in outcome.reason
+    assert outcome.stopped, "the log's last line is not why it ended"
     assert _containers(client, "killed") == []
+
+
+@pytest.mark.docker
+def test_a_container_out_of_memory_is_told_with_its_limit_and_the_fix(
+    client, torch_image: str, tmp_path: Path, cache: Path
+) -> None:
+    paths = make_job(tmp_path, "torch", name="oom", resources={"memory_gb": 0.125})  # less than torch needs
+    outcome = DockerExecutor().run(launch_of(paths, cache))
+    assert outcome.exit_code == 137 and outcome.stopped, (outcome, paths.log.read_text())
+    assert outcome.reason == (
+        "out of memory (the container hit its memory limit of 0.125 GiB) during epoch 1 of 1 (none finished): "
+        "raise resources.memory_gb"
+    )
+    assert _containers(client, "oom") == []
 
 
 @pytest.mark.docker
@@ -252,7 +267,8 @@ def test_timeout_stops_and_removes_the_container(client, torch_image: str, tmp_p
     paths = make_job(tmp_path, "torch", name="slow", train={"epochs": 500}, resources={"timeout_minutes": 0.1})
     start = time.monotonic()
     outcome = DockerExecutor().run(launch_of(paths, cache))
-    assert outcome == Outcome(124, "timed out after 0.1 minutes (resources.timeout_minutes)")
+    assert outcome.exit_code == 124 and outcome.stopped
+    assert outcome.reason.startswith("timed out after 0.1 minutes (resources.timeout_minutes) during epoch ")
     assert time.monotonic() - start < 40
     assert _containers(client, "slow") == []
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from runner.cli.app import app, console, err
@@ -15,7 +16,7 @@ from runner.plan import PlannedJob, disk, make_plan, plan_table
 from runner.prepare import Cache, Preparer, build_images, inputs
 from runner.report.live import LiveView
 from runner.schedule import cluster as ray_cluster
-from runner.store import JobStore, ResultsStore, SuiteLock, SuiteStore, locate
+from runner.store import BAD_FILE_FIX, JobStore, ResultsStore, SuiteLock, SuiteStore, locate
 from runner.store.lock import me
 from runner.suite import LoadedSuite, load_suite
 from schemas import JobSpec, JobState, Owner, RunStatus, Suite, registry
@@ -210,8 +211,6 @@ def run(
     ] = False,
 ) -> None:
     """Run a suite on Ray: prepare inputs, schedule every job, gather results, write the report."""
-    from runner.schedule.driver import Driver
-
     owner = me(uuid.uuid4().hex[:12])
     lock = _take(suite, results, owner, wait)
     try:
@@ -229,6 +228,9 @@ def run(
             insecure=insecure,
             lock=lock,
         )
+        # Imports ray: only once the cluster is up, since Ray reads how to start the embedded one when imported.
+        from runner.schedule.driver import Driver
+
         if any(p.executor.name == "docker" for p in planned):
             from runner.execute.docker import cleanup_stale
 
@@ -329,10 +331,13 @@ def status_table(jobs: list[JobStore]) -> Table:
     for job in jobs:
         if job.suite not in holders:
             holders[job.suite] = job.holder()
-        status = job.read_status_seen(holders[job.suite])
-        result = job.read_result()
+        files = job.read_files()
+        status, result = job.seen(files.status, holders[job.suite]), files.result
         progress = job.read_progress() or {}
-        state = status.state.value if status else "unknown"
+        state = status.state.value if status else ("unreadable" if files.problem_of("status.json") else "unknown")
+        # A file that is there but unusable is named, with the fix, beside the reason the job recorded.
+        reasons = [status.reason] if status and status.reason else []
+        reasons += [f"{problem}; {BAD_FILE_FIX}" for problem in files.problems]
         done = len(result.epochs) if result else progress.get("epoch", 0)
         total = result.spec.train.epochs if result else progress.get("epochs", "?")
         table.add_row(
@@ -343,7 +348,7 @@ def status_table(jobs: list[JobStore]) -> Table:
             f"{result.final_test_accuracy:.2%}" if result else "",
             f"{result.best_test_accuracy:.2%} ({result.best_epoch})" if result else "",
             f"{result.timing.total_seconds:.0f}s" if result else "",
-            status.reason if status else "",
+            escape("\n".join(reasons)),  # a reason may hold brackets ([Errno 2], a list): text, not markup
         )
     return table
 

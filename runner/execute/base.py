@@ -1,12 +1,13 @@
 """The executor seam: how one run's worker is started, watched and stopped."""
 
 import os
+import signal
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from runner.store.layout import JobPaths
+from runner.store.layout import JobPaths, read_json
 from schemas import SpecFile
 
 
@@ -37,6 +38,36 @@ class Outcome:
 
     exit_code: int
     reason: str = ""
+    # Ended from outside (a signal, a timeout): the last line of its log is not why, and is not shown as the error.
+    stopped: bool = False
+
+
+# Signals that end a process from outside; any other (SIGSEGV, SIGABRT, SIGBUS, ...) is a crash of its own.
+_KILLS = {signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT}
+
+
+def epoch_reached(paths: JobPaths, epochs: int) -> str:
+    """Where in its epochs the worker was, from its progress.json: 'during epoch 3 of 10 (last finished: 2)'."""
+    progress = read_json(paths.progress)
+    done = progress.get("epoch") if isinstance(progress, dict) else None
+    total = progress.get("epochs") if isinstance(progress, dict) else None
+    total = total if isinstance(total, int) and total > 0 else epochs
+    if not isinstance(done, int) or isinstance(done, bool) or done < 1:
+        return f"during epoch 1 of {total} (none finished)"
+    if done >= total:
+        return f"after its last epoch ({done} of {total}), before result.json was written"
+    return f"during epoch {done + 1} of {total} (last finished: {done})"
+
+
+def signal_reason(signum: int, paths: JobPaths, epochs: int, who: str = "worker") -> str:
+    """Why a worker that a signal ended failed: 'worker killed by SIGKILL (signal 9) during epoch 3 of 10 ...'."""
+    try:
+        sig = signal.Signals(signum)
+        name = sig.name
+    except ValueError:
+        sig, name = None, f"signal {signum}"
+    how = "killed by" if sig in _KILLS else "crashed with"
+    return f"{who} {how} {name} (signal {signum}) {epoch_reached(paths, epochs)}"
 
 
 def worker_command(python: str, job_dir: Path | str, cache: Path | str) -> list[str]:

@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -18,7 +19,15 @@ from typing import Any
 
 from runner.errors import UserError
 from runner.execute import images, reaper
-from runner.execute.base import Executor, Launch, Outcome, worker_command, worker_env
+from runner.execute.base import (
+    Executor,
+    Launch,
+    Outcome,
+    epoch_reached,
+    signal_reason,
+    worker_command,
+    worker_env,
+)
 from schemas import JobSpec
 
 PROJECT_LABEL = "gridrun"  # every container gridrun starts carries gridrun=1
@@ -272,38 +281,45 @@ class DockerExecutor(Executor):
                     _stop(container)
                     streamer.join(10)
                     minutes = launch.timeout_s / 60 if launch.timeout_s else 0
-                    return Outcome(124, f"timed out after {minutes:g} minutes (resources.timeout_minutes)")
+                    where = epoch_reached(launch.paths, launch.spec_file.spec.train.epochs)
+                    reason = f"timed out after {minutes:g} minutes (resources.timeout_minutes) {where}"
+                    return Outcome(124, reason, stopped=True)
         except docker.errors.NotFound:
-            return Outcome(
-                137, f"container {container.name} was removed from outside while it ran; log: {launch.paths.log}"
-            )
+            where = epoch_reached(launch.paths, launch.spec_file.spec.train.epochs)
+            reason = f"container {container.name} was removed from outside while it ran, {where}"
+            return Outcome(137, reason, stopped=True)
         except BaseException:  # KeyboardInterrupt: Ray's cancel or Ctrl-C
             _stop(container)
             raise
         streamer.join(10)
         code = int(status.get("StatusCode", 1))
-        return Outcome(code, _reason(code, container, launch))
+        return _ended(code, container, launch)
 
 
-def _reason(code: int, container: Any, launch: Launch) -> str:
-    """Why the container ended, in words; empty when it succeeded."""
+def _ended(code: int, container: Any, launch: Launch) -> Outcome:
+    """How the container ended, with the reason in words (none when it succeeded). The caller names the log."""
     if code == 0:
-        return ""
-    log = launch.paths.log
+        return Outcome(0)
+    epochs = launch.spec_file.spec.train.epochs
     try:
         container.reload()
         oom = container.attrs["State"].get("OOMKilled", False)
     except Exception:
         oom = False
-    if oom:
+    if oom:  # the kernel killed it at the container's memory limit: Docker records it
         limit = container.attrs["HostConfig"].get("Memory", 0) / 2**30
-        return f"out of memory: the container hit its {limit:.1f} GiB limit. Fix: raise resources.memory_gb; log: {log}"
-    if code == 137:
-        return f"container {container.name} was killed (SIGKILL, exit 137), e.g. by `docker kill`; log: {log}"
-    if code == 143:
-        return f"container {container.name} was stopped (SIGTERM, exit 143); log: {log}"
-    last = _last_line(log)
-    return f"worker exited with code {code}" + (f": {last}" if last else "") + f"; log: {log}"
+        return Outcome(
+            code,
+            f"out of memory (the container hit its memory limit of {limit:.3g} GiB) "
+            f"{epoch_reached(launch.paths, epochs)}: raise resources.memory_gb",
+            stopped=True,
+        )
+    if 128 < code <= 128 + 64:  # the exit status of a process a signal ended (the container's init passes it on)
+        reason = signal_reason(code - 128, launch.paths, epochs, who=f"worker in container {container.name}")
+        if code - 128 in (signal.SIGKILL, signal.SIGTERM):
+            reason += " (e.g. `docker kill` or `docker stop`)"
+        return Outcome(code, f"{reason}, exit {code}", stopped=True)
+    return Outcome(code, f"worker exited with code {code}")
 
 
 def _stream_logs(container: Any, log: Any) -> None:
@@ -370,16 +386,6 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
     for folder, dirs, files in os.walk(root):
         for name in dirs + files:
             os.chown(os.path.join(folder, name), uid, gid, follow_symlinks=False)
-
-
-def _last_line(path: Path) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
-            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
-        return lines[-1][:300] if lines else ""
-    except OSError:
-        return ""
 
 
 def _safe(name: str) -> str:

@@ -8,7 +8,15 @@ import subprocess
 import sys
 import time
 
-from runner.execute.base import Executor, Launch, Outcome, worker_command, worker_env
+from runner.execute.base import (
+    Executor,
+    Launch,
+    Outcome,
+    epoch_reached,
+    signal_reason,
+    worker_command,
+    worker_env,
+)
 
 _PR_SET_PDEATHSIG = 1
 POLL_S = 0.25
@@ -72,9 +80,16 @@ class ProcessExecutor(Executor):
                 while (code := _wait(proc, POLL_S)) is None:
                     if deadline is not None and time.monotonic() > deadline:
                         _kill_group(proc)
-                        minutes = launch.timeout_s / 60
-                        return Outcome(124, f"timed out after {minutes:g} minutes (resources.timeout_minutes)")
+                        minutes = f"{launch.timeout_s / 60:g}"
+                        where = epoch_reached(launch.paths, launch.spec_file.spec.train.epochs)
+                        reason = f"timed out after {minutes} minutes (resources.timeout_minutes) {where}"
+                        return Outcome(124, reason, stopped=True)
             except BaseException:  # Ray's cancel arrives as KeyboardInterrupt
                 _kill_group(proc)
                 raise
+        if code < 0:  # ended by a signal: which one, and where in its epochs, is the reason
+            reason = signal_reason(-code, launch.paths, launch.spec_file.spec.train.epochs)
+            if -code == signal.SIGKILL:
+                reason += "; SIGKILL comes from `kill -9`, or from the kernel when memory runs out (`dmesg` tells)"
+            return Outcome(code, reason, stopped=True)
         return Outcome(code, "" if code == 0 else f"worker exited with code {code}")

@@ -6,6 +6,7 @@ A job that no node can ever fit is refused here, before anything starts: Ray alo
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from runner.errors import UserError
@@ -15,7 +16,7 @@ from runner.plan.nodes import Node
 from runner.prepare import Prepared
 from runner.store import JobStore, ResultsStore
 from runner.suite import LoadedSuite
-from schemas import Identity, JobSpec, JobState, Owner, Substitution
+from schemas import Identity, JobSpec, JobState, Owner, RunResult, RunStatus, Substitution
 
 
 @dataclass
@@ -147,13 +148,18 @@ def make_plan(
 def _decide(store: JobStore, ident: Identity, prepared: Prepared, force: bool, holder: Owner | None) -> tuple[str, str]:
     if prepared.missing:
         return "fail", f"missing input: {prepared.missing}"
-    status = store.read_status_seen(holder)
-    if status is None:
-        return "run", "new"
+    status, bad_status = store.read_checked("status.json", RunStatus)
+    if status is None:  # an unusable status.json tells nothing of the run: it runs again, and the plan says why
+        return "run", f"re-run: {bad_status}" if bad_status else "new"
+    status = store.seen(status, holder)
     digest = ident.digest()
     same = status.spec_hash == digest
-    if status.state in (JobState.SUCCEEDED, JobState.SKIPPED) and same and store.read_result() is not None:
-        return ("run", "forced (--force)") if force else ("skip", f"done with the same spec ({digest})")
+    if status.state in (JobState.SUCCEEDED, JobState.SKIPPED) and same:
+        result, bad_result = store.read_checked("result.json", RunResult)
+        if result is not None:
+            return ("run", "forced (--force)") if force else ("skip", f"done with the same spec ({digest})")
+        if bad_result:
+            return "run", f"re-run: {bad_result}"
     if not same:
         return "run", identity.changes(store.read_spec(), ident, prepared.spec)
     return "run", f"resume after {status.state.value}"
@@ -194,7 +200,7 @@ def plan_table(plan: list[PlannedJob], title: str) -> Table:
             f"{s.dataset.name} {s.dataset.image_size}px",
             res,
             f"{p.executor.name}\n[dim]{p.executor.reason}[/]",
-            f"[{colour}]{p.action}[/]\n[dim]{p.why}[/]",
+            f"[{colour}]{p.action}[/]\n[dim]{escape(p.why)}[/]",
             subs,
         )
     return table

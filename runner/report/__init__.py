@@ -70,6 +70,9 @@ def build_document(
         problems if problems.rows else "No run failed, was blocked or was cancelled.",
         subs if subs.rows else "No run used a substitute.",
     )
+    unreadable = tables.unreadable_table(runs, label)
+    if unreadable.rows:
+        add("Unreadable files", unreadable)
     if plotter is not None:
         plotter.finish()
     return doc

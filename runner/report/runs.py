@@ -15,7 +15,7 @@ from schemas import JobSpec, RunResult, RunStatus, SpecFile, Substitution
 # The lead records a job the plan refused, or one that cannot run yet, as failed with this prefix.
 BLOCKED_PREFIX = "not runnable:"
 # States a report lists under "failed, blocked and cancelled runs".
-PROBLEM_STATES = ("failed", "blocked", "cancelled", "incomplete")
+PROBLEM_STATES = ("failed", "blocked", "cancelled", "incomplete", "unreadable")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class Run:
     spec_file: SpecFile | None
     status: RunStatus | None
     result: RunResult | None
+    problems: tuple[str, ...] = ()  # its files that are there but unusable, one line each naming the file
 
     @property
     def name(self) -> str:
@@ -48,9 +49,12 @@ class Run:
 
     @property
     def state(self) -> str:
-        """queued, running, succeeded, failed, skipped, cancelled, plus blocked, incomplete and unknown."""
+        """queued, running, succeeded, failed, skipped, cancelled, plus blocked, incomplete, unreadable (its
+        status.json is there but unusable) and unknown."""
         if self.status is None:
-            return "succeeded" if self.result is not None else "unknown"
+            if self.result is not None:
+                return "succeeded"
+            return "unreadable" if self._problem("status.json") else "unknown"
         state = self.status.state.value
         if state == "failed" and self.status.reason.strip().lower().startswith(BLOCKED_PREFIX):
             return "blocked"
@@ -62,13 +66,18 @@ class Run:
     def reason(self) -> str:
         """Why the run ended as it did, or why the report cannot show its numbers."""
         reason = self.status.reason.strip() if self.status is not None else ""
+        if self.state == "unreadable":
+            return self._problem("status.json")
         if self.state == "incomplete":
-            return "status.json says succeeded but result.json is missing or invalid"
+            return "status.json says succeeded but " + (self._problem("result.json") or "result.json is missing")
         if self.spec_file is None and not reason:
-            return "spec.json is invalid"
+            return self._problem("spec.json") or "spec.json is invalid"
         if self.state in ("failed", "cancelled") and not reason:
             return "no reason recorded"
         return reason
+
+    def _problem(self, name: str) -> str:
+        return next((p for p in self.problems if p.startswith(f"{name} ")), "")
 
     @property
     def log(self) -> str:
@@ -81,7 +90,8 @@ class Run:
 def read_run(job: JobStore) -> Run:
     """Read one job folder, named by its folders: a copy of results/<suite> kept as results/<suite>-old
     is told apart from the original."""
-    return Run(job.suite, job.name, job, job.read_spec(), job.read_status(), job.read_result())
+    files = job.read_files()
+    return Run(job.suite, job.name, job, files.spec, files.status, files.result, files.problems)
 
 
 def load_suite(suite_dir: Path | str) -> list[Run]:

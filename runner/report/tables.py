@@ -239,6 +239,13 @@ def problems_table(runs: list[Run], label: Label, base: Path | None) -> Table:
     return Table(["Job", "Status", "Reason", "Log"], rows)
 
 
+def unreadable_table(runs: list[Run], label: Label) -> Table:
+    """Every file of a job folder that is there but unusable: the report leaves out what it held."""
+    rows = [[Cell(label(run)), Cell(problem)] for run in runs for problem in run.problems]
+    fix = "Fix: remove the file, or re-run the job: its next run writes it anew."
+    return Table(["Job", "Problem"], rows, caption=fix)
+
+
 def substitutions_table(runs: list[Run], label: Label) -> Table:
     rows = [
         [Cell(label(run)), Cell(s.kind), Cell(s.wanted), Cell(s.used), Cell(s.reason)]

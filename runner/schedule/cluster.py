@@ -2,7 +2,8 @@
 
 Attaching to a cluster is where security is decided: the token comes from RAY_AUTH_TOKEN or the file that
 RAY_AUTH_TOKEN_PATH names (Ray's own variables), and a cluster that is not on this machine is never sent work
-without one unless the user says --insecure. The token itself is never printed or written anywhere.
+without one unless the user says --insecure. The token itself is never printed; the one file gridrun writes a
+token to is the embedded Ray's ~/.ray/auth_token, created 0600. The embedded Ray listens on 127.0.0.1 alone.
 
 The scheduler side of gridrun: it never imports a framework.
 """
@@ -14,10 +15,13 @@ import logging
 import os
 import queue
 import re
+import secrets
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -35,6 +39,11 @@ CLIENT_PORT = 10001  # Ray Client's default port on the head
 # Ray's driver exits by itself when the GCS stays away this long; gridrun notices a lost head sooner
 # (runner.schedule.driver) and needs the process alive to record it.
 GCS_RECONNECT_S = 600
+# Ray takes the embedded instance's node address from here, once, when it is imported: with multi-node
+# clusters off it is the loopback address, and every server Ray starts (GCS, raylet and object manager,
+# dashboard and runtime-env agents, metrics export, the driver's and workers' gRPC) binds to it alone.
+# `_node_ip_address="127.0.0.1"` does not do it: Ray replaces a loopback node address with the machine's.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 INSECURE_RISK = (
     "an unauthenticated Ray cluster runs any code that anyone who reaches it sends (CVE-2023-48022), "
     "including on the machines that hold your data"
@@ -74,17 +83,44 @@ def current() -> Cluster | None:
 # --- the token ---------------------------------------------------------------------------------
 
 
+def default_token_path() -> Path:
+    """Ray's own token file, used when neither RAY_AUTH_TOKEN nor RAY_AUTH_TOKEN_PATH is set."""
+    return Path.home() / ".ray" / "auth_token"
+
+
+_warned_open: set[str] = set()
+
+
+def check_private(path: Path) -> bool:
+    """Whether only its owner can use the token file `path`; if not, one warning (once per file) with the fix."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return True  # nothing there to leak; a missing file has its own message
+    if not mode & 0o077:
+        return True
+    if str(path) not in _warned_open:
+        _warned_open.add(str(path))
+        print(
+            f"warning: the Ray token file {path} is open to other users (mode {mode:04o}): anyone on this machine "
+            f"can read the token and run code on the cluster with it. Fix: chmod 600 {path}",
+            file=sys.stderr,
+        )
+    return False
+
+
 def auth_token() -> str | None:
     """Ray's token: $RAY_AUTH_TOKEN, else the file $RAY_AUTH_TOKEN_PATH names, else (with RAY_AUTH_MODE=token)
-    Ray's default file ~/.ray/auth_token. None when there is none."""
+    Ray's default file ~/.ray/auth_token. None when there is none. A file others can read is warned about."""
     if os.environ.get("RAY_AUTH_TOKEN", "").strip():
         return os.environ["RAY_AUTH_TOKEN"].strip()
     named = os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip()
-    default = Path.home() / ".ray" / "auth_token"
+    default = default_token_path()
     if not named and os.environ.get("RAY_AUTH_MODE", "").lower() == "token" and default.is_file():
         named = str(default)
     if not named:
         return None
+    check_private(Path(named).expanduser())
     try:
         token = Path(named).expanduser().read_text().strip()
     except OSError as e:
@@ -407,6 +443,38 @@ def _own_signals(ignore: tuple[signal.Signals, ...] = ()) -> Iterator[None]:
                 signal.signal(sig, handler)
 
 
+def local_token() -> None:
+    """Token authentication for the embedded Ray, with a token file no other user can read.
+
+    Unless RAY_AUTH_MODE says otherwise, Ray turns tokens on for a new local instance and, when none is given,
+    writes ~/.ray/auth_token with the process's umask (0644: readable by everyone on the machine). gridrun writes
+    that file first, 0600 from its creation, and says RAY_AUTH_MODE=token itself (Ray warns when it decides).
+    A token gridrun is given (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH) is used as it is. Call before importing ray."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None and mode.strip().lower() != "token":
+        return  # set, and not to token (disabled, or empty): Ray uses no token
+    if "ray" not in sys.modules:  # once imported, Ray decides the mode itself (token for a new instance)
+        os.environ["RAY_AUTH_MODE"] = "token"
+    if os.environ.get("RAY_AUTH_TOKEN", "").strip() or os.environ.get("RAY_AUTH_TOKEN_PATH", "").strip():
+        auth_token()  # a named file that is missing, empty or open to others is told now
+        return
+    path = default_token_path()
+    if path.exists():
+        check_private(path)
+        return
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # mkstemp creates its file 0600; the link puts it in place whole, or not at all when another process
+    # (a second gridrun, Ray) created the file in the meantime: a reader never sees an empty token.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".auth_token.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+
+
 def attach(address: str, insecure: bool = False) -> Target:
     """Checks, then ray.init on an existing cluster: token or --insecure, reachable, token accepted, same Ray."""
     target = parse_address(address)
@@ -444,10 +512,14 @@ def connect(
     insecure: bool = False,
     run_id: str | None = None,
 ) -> Cluster:
-    """Start an embedded Ray (dashboard off, everything on 127.0.0.1) or attach to `address`."""
+    """Start an embedded Ray (dashboard off, everything on 127.0.0.1, a private token) or attach to `address`."""
     global _current
     token_mode()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address is None:
+        if "ray" not in sys.modules:  # Ray reads these when it is imported
+            os.environ.update(LOOPBACK_ENV)
+        local_token()
     import ray
 
     if ray.is_initialized():
@@ -472,11 +544,16 @@ def connect(
 
 
 def _init_local(ray, num_gpus: float | None, num_cpus: int | None) -> None:
+    if not is_loopback(ray.util.get_node_ip_address()):  # a programming error, not a user's
+        raise RuntimeError(
+            "ray was imported before runner.schedule.cluster.connect() could set "
+            f"{', '.join(f'{k}={v}' for k, v in LOOPBACK_ENV.items())}, so the embedded Ray would listen on this "
+            "machine's network address: call connect() before anything imports ray, or set those variables first"
+        )
     ray.init(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
         include_dashboard=False,
-        _node_ip_address="127.0.0.1",
         log_to_driver=False,
         logging_level=logging.WARNING,
         # The driver only passes small outcomes through the object store.

@@ -10,6 +10,7 @@ unfinished jobs are marked failed ("cluster lost"), finished ones stay.
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -30,6 +31,7 @@ from runner.prepare import Cache, inputs
 from runner.schedule import cluster as ray_cluster
 from runner.store import JobPaths, JobStore, ResultsStore, node_dir
 from schemas import JobState, Owner, RunStatus, SpecFile
+from schemas.status import plain_text
 
 USER_ERROR_EXIT = 2
 HEAD_CHECK_S = 2.0
@@ -87,6 +89,20 @@ def _last_error(log: Path) -> str:
         return ""
     errors = [ln for ln in lines if ln.lower().startswith("error:") or "Error" in ln.split(":")[0]]
     return (errors or lines or [""])[-1][:500]
+
+
+# Log files an error's text names by absolute path, as Ray's messages name its own (not its traceback's sources).
+_LOG_PATHS = re.compile(r"(/[^\s'\"(),;:\[\]]+\.(?:log|out|err))\b")
+
+
+def _log_note(job: JobStore, ray_error: str = "") -> str:
+    """Which log tells more, named only when it exists: the job's log.txt, else a log file Ray's error names."""
+    if job.has_log():
+        return f"log: {job.log_url()}"
+    for path in _LOG_PATHS.findall(plain_text(ray_error)):
+        if Path(path).is_file():
+            return f"Ray's log: {path}"
+    return "no log was written"
 
 
 def _first_line(e: BaseException) -> str:
@@ -157,7 +173,9 @@ def _execute(req: Request) -> dict:
             shutil.rmtree(work.parent.parent, ignore_errors=True)
     if reason:
         return {"exit_code": None, "reason": reason, "node_id": node_id, "error_line": ""}
-    return {"exit_code": outcome.exit_code, "reason": outcome.reason, "node_id": node_id, "error_line": error_line}
+    # A worker stopped from outside never said why: its log's last line is a progress line, not the error.
+    detail = "" if outcome.stopped else error_line
+    return {"exit_code": outcome.exit_code, "reason": outcome.reason, "node_id": node_id, "error_line": detail}
 
 
 # The driver retries a failed task itself (it knows why it failed, and resumes from the store).
@@ -320,7 +338,10 @@ class Driver:
         except ray.exceptions.TaskCancelledError:
             return {"cancelled": True}
         except ray.exceptions.RayError as e:
-            return {"exit_code": None, "reason": f"the run's Ray task failed: {_first_line(e)}"}
+            # An exception the task raised comes wrapped, its first line the task's (coloured) name: tell the cause.
+            cause = e.cause if isinstance(e, ray.exceptions.RayTaskError) and e.cause is not None else e
+            reason = f"the run's Ray task failed: {_first_line(cause)}"
+            return {"exit_code": None, "reason": reason, "ray_error": str(e)}
 
     def _collect(self, item: Running, finals: dict[str, RunStatus]) -> Running | None:
         job, outcome = item.job, self._outcome(item)
@@ -337,8 +358,8 @@ class Driver:
         if code == 0:
             reason = "worker exited 0 but wrote no valid result.json"
         detail = outcome.get("error_line", "")
-        log = job.store.log_url()
-        full = f"{reason}: {detail} (log: {log})" if detail else f"{reason} (log: {log})"
+        log = _log_note(job.store, outcome.get("ray_error", ""))
+        full = f"{reason}: {detail} ({log})" if detail else f"{reason} ({log})"
         if code != USER_ERROR_EXIT and item.tries_left > 0:
             self.view.event(job.spec.name, f"failed, retrying ({item.tries_left} left): {full}")
             return self._submit(job, item.tries_left - 1)

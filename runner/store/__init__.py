@@ -17,18 +17,32 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
 
 from runner.errors import UserError
-from runner.store.layout import JobPaths, SuitePaths, atomic_path, read_json, validated, write_json
+from runner.store.layout import (
+    BAD_FILE_FIX,
+    JobPaths,
+    SuitePaths,
+    atomic_path,
+    parse_model,
+    read_json,
+    write_json,
+)
 from runner.store.lock import SuiteLock, holder_of
 from runner.store.storage import Storage
 from runner.store.sync import Syncer
 from schemas import JobState, Owner, RunResult, RunStatus, SpecFile
 
+M = TypeVar("M", bound=BaseModel)
+
 __all__ = [
+    "BAD_FILE_FIX",
     "DRIVER_OWNED",
     "NOT_RESUMED",
+    "JobFiles",
     "JobPaths",
     "JobStore",
     "ResultsStore",
@@ -63,6 +77,20 @@ def node_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class JobFiles:
+    """A job folder's JSON files, each read once: validated, or None when missing or unusable."""
+
+    spec: SpecFile | None
+    status: RunStatus | None
+    result: RunResult | None
+    problems: tuple[str, ...] = ()  # one line for each file that is there but unusable, naming it
+
+    def problem_of(self, name: str) -> str:
+        """What is wrong with the file `name` (spec.json, status.json, result.json), or ''."""
+        return next((p for p in self.problems if p.startswith(f"{name} ")), "")
+
+
+@dataclass(frozen=True)
 class JobStore:
     """One job's folder in the store: results/<suite>/<job>/."""
 
@@ -82,14 +110,29 @@ class JobStore:
     def exists(self) -> bool:
         return self.storage.exists(SPEC)
 
+    def read_checked(self, name: str, model: type[M]) -> tuple[M | None, str]:
+        """The file `name` validated as `model`, and what is wrong with it when it is there but unusable."""
+        try:
+            raw = self.storage.read_bytes(name)
+        except OSError as e:  # unreadable: a problem of that file, not of the whole listing
+            return None, f"{name} cannot be read ({e.strerror or e})"
+        return parse_model(raw, model, name)
+
     def read_spec(self) -> SpecFile | None:
-        return validated(self.storage.read_json(SPEC), SpecFile)
+        return self.read_checked(SPEC, SpecFile)[0]
 
     def read_status(self) -> RunStatus | None:
-        return validated(self.storage.read_json(STATUS), RunStatus)
+        return self.read_checked(STATUS, RunStatus)[0]
 
     def read_result(self) -> RunResult | None:
-        return validated(self.storage.read_json(RESULT), RunResult)
+        return self.read_checked(RESULT, RunResult)[0]
+
+    def read_files(self) -> JobFiles:
+        """spec.json, status.json and result.json, with a line for each one that is there but unusable."""
+        spec, bad_spec = self.read_checked(SPEC, SpecFile)
+        status, bad_status = self.read_checked(STATUS, RunStatus)
+        result, bad_result = self.read_checked(RESULT, RunResult)
+        return JobFiles(spec, status, result, tuple(p for p in (bad_spec, bad_status, bad_result) if p))
 
     def read_progress(self) -> dict[str, Any] | None:
         data = self.storage.read_json(PROGRESS)
@@ -100,9 +143,12 @@ class JobStore:
         return holder_of(self.storage.parent())
 
     def read_status_seen(self, holder: "Owner | object | None" = _UNKNOWN) -> RunStatus | None:
-        """status.json as a reader should take it: a queued or running job whose driver is gone (no live
-        holder of the suite folder, or another one) is interrupted, with when and its last epoch."""
-        status = self.read_status()
+        """status.json as a reader should take it (see `seen`)."""
+        return self.seen(self.read_status(), holder)
+
+    def seen(self, status: RunStatus | None, holder: "Owner | object | None" = _UNKNOWN) -> RunStatus | None:
+        """`status` as a reader should take it: a queued or running job whose driver is gone (no live holder
+        of the suite folder, or another one) is interrupted, with when and its last epoch."""
         if status is None or status.state.final:
             return status
         live = self.holder() if holder is _UNKNOWN else holder
@@ -138,6 +184,10 @@ class JobStore:
 
     def log_url(self) -> str:
         return self.storage.path_url(LOG)
+
+    def has_log(self) -> bool:
+        """Whether the job's log.txt was written (a file, not just the name)."""
+        return self.storage.exists(LOG) and not self.storage.isdir(LOG)
 
     def clear(self, *names: str) -> None:
         """Remove files or folders of the job (e.g. a stale result before a new attempt)."""

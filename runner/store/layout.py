@@ -106,6 +106,33 @@ def validated(data: Any, model: type[M]) -> M | None:
         return None
 
 
+# What to do about a job's file that is there but unusable: the next run of the job writes it anew.
+BAD_FILE_FIX = "Fix: remove it or re-run the job"
+
+
+def parse_model(raw: bytes | None, model: type[M], name: str) -> tuple[M | None, str]:
+    """The bytes of the file `name` validated as `model`, and '' — or None and what is wrong with the file,
+    in a line that names it ('status.json is not valid JSON (line 1 col 5)'). A missing file (None) is
+    (None, ''): not a problem, a job that has not got that far."""
+    if raw is None:
+        return None, ""
+    if not raw.strip():
+        return None, f"{name} is empty"
+    try:
+        data = json.loads(raw)
+    except UnicodeDecodeError as e:
+        return None, f"{name} is not text (byte {e.start} cannot be decoded): not valid JSON"
+    except json.JSONDecodeError as e:
+        return None, f"{name} is not valid JSON (line {e.lineno} col {e.colno})"
+    try:
+        return model.model_validate(data), ""
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        return None, f"{name} is not what gridrun writes: {where + ': ' if where else ''}{first['msg']}{more}"
+
+
 def read_model(path: Path, model: type[M]) -> M | None:
     """The file validated as `model`, or None when missing or invalid."""
     return validated(read_json(path), model)
