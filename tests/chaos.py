@@ -41,7 +41,7 @@ def suite_yaml(jobs: int, epochs: int, docker: bool) -> str:
         "  dataset: {name: synthetic, image_size: 64, synthetic_size: 400}",
         "  model: {arch: alexnet, classifier_width: 32}",
         f"  train: {{epochs: {epochs}, batch_size: 50}}",
-        "  resources: {gpus: 0, cpus: 1, max_retries: 20}",
+        "  resources: {gpus: 0, cpus: 1, max_retries: 10}",
         "  executor: process",
         "jobs:",
     ]
@@ -58,6 +58,8 @@ class Figures:
     run_ids: set[str] = field(default_factory=set)
     exits: list[int] = field(default_factory=list)
     wall_s: float = 0.0
+    expect_exit: int | None = None  # the exit code a driver signalled must end with
+    wrong_exits: list[str] = field(default_factory=list)
 
 
 def start(suite: Path, results: Path, cache: Path, log) -> subprocess.Popen:
@@ -100,32 +102,46 @@ def containers(ids: set[str]) -> list:
         return []
 
 
-def kill_one(driver: subprocess.Popen, results: Path, rng: random.Random, docker: bool, figures: Figures) -> bool:
-    """Kill one thing of the running suite; True when the driver itself was the victim."""
+KINDS = ("worker", "container", "driver-kill", "driver-term", "driver-int")
+
+
+def kill_one(
+    driver: subprocess.Popen, results: Path, rng: random.Random, docker: bool, figures: Figures, want: str | None
+) -> bool:
+    """Kill one thing of the running suite (of kind `want`, else any there is now); whether one was killed."""
     ids = run_ids(results)
     figures.run_ids |= ids
-    choices = ["worker", "driver-kill", "driver-term", "driver-int"] + (["container"] if docker else [])
-    kind = rng.choice(choices)
-    if kind == "worker" and (pids := workers(ids)):
-        os.kill(rng.choice(pids), signal.SIGKILL)
-    elif kind == "container" and (found := containers(ids)):
-        rng.choice(found).kill()
-    elif kind.startswith("driver"):
-        sig = {"driver-kill": signal.SIGKILL, "driver-term": signal.SIGTERM, "driver-int": signal.SIGINT}[kind]
-        if sig == signal.SIGINT:
-            os.killpg(driver.pid, sig)  # what a terminal sends
-        else:
-            driver.send_signal(sig)
+    victims: dict[str, list] = {"worker": workers(ids), "container": containers(ids) if docker else []}
+    kinds = [k for k in KINDS if k not in victims or victims[k]]
+    kind = want if want is not None else rng.choice(kinds)
+    if kind not in kinds:
+        return False  # none of that kind running now: try again later
+    if kind == "worker":
+        os.kill(rng.choice(victims["worker"]), signal.SIGKILL)
+    elif kind == "container":
+        rng.choice(victims["container"]).kill()
+    elif kind == "driver-int":
+        os.killpg(driver.pid, signal.SIGINT)  # what a terminal sends
+        figures.expect_exit = 130
     else:
-        return False  # nothing of that kind running now: no kill counted
+        driver.send_signal(signal.SIGKILL if kind == "driver-kill" else signal.SIGTERM)
+        figures.expect_exit = -signal.SIGKILL if kind == "driver-kill" else 143
     figures.kills[kind] += 1
-    return kind.startswith("driver")
+    return True
 
 
 def chaos(
-    workdir: Path, kills: int, jobs: int, epochs: int, seed: int, docker: bool, say=print
+    workdir: Path,
+    kills: int,
+    jobs: int,
+    epochs: int,
+    seed: int,
+    docker: bool,
+    order: list[str] | None = None,
+    say=print,
 ) -> tuple[Figures, list[str]]:
-    """Run the chaos rounds in `workdir`; the figures and the failed checks (empty when all hold)."""
+    """Run the chaos rounds in `workdir`; the figures and the failed checks (empty when all hold). With `order`,
+    the kills are of those kinds in that order (each as soon as there is one to kill), else random."""
     rng = random.Random(seed)
     workdir.mkdir(parents=True, exist_ok=True)
     suite = workdir / "chaos.yaml"
@@ -140,8 +156,9 @@ def chaos(
                 deadline = time.monotonic() + rng.uniform(3, 12)
                 while time.monotonic() < deadline and driver.poll() is None:
                     time.sleep(0.2)
-                if driver.poll() is None:
-                    kill_one(driver, results, rng, docker, figures)
+                done = sum(figures.kills.values())
+                want = order[done] if order and done < len(order) else None
+                if driver.poll() is None and kill_one(driver, results, rng, docker, figures, want):
                     time.sleep(0.5)
             elif driver.poll() is None:
                 driver.wait(timeout=900)
@@ -149,10 +166,13 @@ def chaos(
             if code is None:
                 continue
             figures.exits.append(code)
+            if figures.expect_exit is not None and code != figures.expect_exit:
+                figures.wrong_exits.append(f"exit {code} after a signal that should end it with {figures.expect_exit}")
+            figures.expect_exit = None
             figures.run_ids |= run_ids(results)
             if code == 0 and sum(figures.kills.values()) >= kills:
                 break
-            if len(figures.exits) > kills + 5:
+            if code == 2 or len(figures.exits) > kills + 5:  # a refused suite, or no end in sight
                 break
             figures.restarts += 1
             say(f"  driver exited {code}; restart {figures.restarts}")
@@ -162,7 +182,7 @@ def chaos(
 
 
 def verify(results: Path, jobs: int, epochs: int, figures: Figures) -> list[str]:
-    problems = []
+    problems = list(figures.wrong_exits)
     if not figures.exits or figures.exits[-1] != 0:
         problems.append(f"the last driver exited {figures.exits[-1:]} (want 0); exits: {figures.exits}")
     suite = ResultsStore.open(results).suite(SUITE)
@@ -228,10 +248,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--docker", action=argparse.BooleanOptionalAction, default=None)
     parser.add_argument("--baseline", action="store_true", help="also time an uninterrupted run")
+    parser.add_argument("--workdir", type=Path, help="keep the suite, results and logs here (default: a temp dir)")
     args = parser.parse_args(argv)
     docker = docker_available() if args.docker is None else args.docker
     with tempfile.TemporaryDirectory(prefix="gridrun-chaos-") as tmp:
-        work = Path(tmp)
+        work = args.workdir or Path(tmp)
         print(f"chaos: {args.jobs} jobs x {args.epochs} epochs, {args.kills} kills, seed {args.seed}, docker {docker}")
         figures, problems = chaos(work / "chaos", args.kills, args.jobs, args.epochs, args.seed, docker)
         trained, needed = epochs_trained(work / "chaos" / "results"), args.jobs * args.epochs

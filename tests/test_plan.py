@@ -90,6 +90,9 @@ def test_skip_only_with_same_hash_and_a_result(loaded, tmp_path: Path) -> None:
     assert again.action == "run"
     write_json(first.store.local.status, RunStatus(state=JobState.FAILED, spec_hash=first.spec_hash))
     again = {p.spec.name: p for p in plan_of(*args)}["digits"]
+    assert again.action == "run" and again.why.startswith("re-run: result.json is not what gridrun writes")
+    first.store.local.result.unlink()
+    again = {p.spec.name: p for p in plan_of(*args)}["digits"]
     assert (again.action, again.why) == ("run", "resume after failed")
     write_json(first.store.local.status, RunStatus(state=JobState.FAILED, spec_hash="other"))
     again = {p.spec.name: p for p in plan_of(*args)}["digits"]

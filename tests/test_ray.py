@@ -1,14 +1,9 @@
-"""Scheduling on a real local Ray with logical GPUs: placement, CUDA ids, refusal, Ctrl-C."""
+"""Scheduling on a real local Ray with logical GPUs: placement, CUDA ids, refusal (signals: test_survival)."""
 
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from conftest import REPO, gridrun
+from conftest import gridrun
 
 from runner.store.layout import SuitePaths
 from schemas import JobState
@@ -70,49 +65,3 @@ def test_job_needing_three_gpus_is_refused_before_anything_starts(tmp_path: Path
     assert "second: needs 3 GPU(s) and 1 CPU(s); the largest node has 2 GPU(s)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not results.exists()
-
-
-def test_ctrl_c_stops_every_job_and_marks_it_cancelled(tmp_path: Path) -> None:
-    suite = tmp_path / "long.yaml"
-    suite.write_text(TWO_GPU_JOBS.replace("epochs: 1", "epochs: 200").replace("gpus: 1", "gpus: 0"))
-    results = tmp_path / "results"
-    driver = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "runner",
-            "run",
-            str(suite),
-            "--results",
-            str(results),
-            "--executor",
-            "process",
-            "--cache",
-            str(tmp_path / "cache"),
-            "--no-report",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    jobs = SuitePaths.of(results, "gpus")
-    try:
-        deadline = time.monotonic() + 240
-        while not all(jobs.job(n).progress.is_file() for n in ("first", "second")):
-            assert driver.poll() is None, driver.stdout.read()
-            assert time.monotonic() < deadline, "the jobs never reached their first epoch"
-            time.sleep(1)
-        os.killpg(driver.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
-        out, _ = driver.communicate(timeout=120)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    assert driver.returncode == 130, out
-    for name in ("first", "second"):
-        status = jobs.job(name).read_status()
-        assert status.state == JobState.CANCELLED and "Ctrl-C" in status.reason
-    time.sleep(2)
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert str(results) not in ps, "a worker outlived the cancel"

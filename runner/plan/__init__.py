@@ -16,7 +16,7 @@ from runner.plan.nodes import Node
 from runner.prepare import Prepared
 from runner.store import JobStore, ResultsStore
 from runner.suite import LoadedSuite
-from schemas import Identity, JobSpec, JobState, Owner, RunResult, RunStatus, Substitution
+from schemas import Identity, JobSpec, Owner, RunResult, RunStatus, Substitution
 
 
 @dataclass
@@ -154,7 +154,9 @@ def _decide(store: JobStore, ident: Identity, prepared: Prepared, force: bool, h
     status = store.seen(status, holder)
     digest = ident.digest()
     same = status.spec_hash == digest
-    if status.state in (JobState.SUCCEEDED, JobState.SKIPPED) and same:
+    # result.json is written last, whole, and removed when an attempt starts: with the same identity it is the
+    # run's, finished, whatever its driver managed to record after (a stop, a kill) — never trained twice.
+    if same and status.state.final:
         result, bad_result = store.read_checked("result.json", RunResult)
         if result is not None:
             return ("run", "forced (--force)") if force else ("skip", f"done with the same spec ({digest})")

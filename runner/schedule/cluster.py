@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from runner.errors import UserError
+from runner.errors import Stopped, UserError
 from runner.execute import reaper
 from runner.plan.nodes import Node
 
@@ -433,14 +433,29 @@ def _own_signals(ignore: tuple[signal.Signals, ...] = ()) -> Iterator[None]:
     """Around ray.init: the driver's SIGINT, SIGTERM and SIGHUP handlers are its own again afterwards (Ray installs
     a SIGTERM handler that dumps a C++ stack); `ignore` is what the processes Ray starts meanwhile inherit."""
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)}
+    had_terminal = _has_terminal()
     for sig in ignore:
         signal.signal(sig, signal.SIG_IGN)
     try:
         yield
+    except SystemExit as e:  # Ray's own SIGTERM handler, while it was in place, exits with code 15
+        if e.code == signal.SIGTERM:
+            raise Stopped(signal.SIGTERM) from None
+        raise
     finally:
         for sig, handler in previous.items():
             if handler is not None:
                 signal.signal(sig, handler)
+    if signal.SIGHUP in ignore and had_terminal and not _has_terminal():
+        raise Stopped(signal.SIGHUP)  # the terminal closed while its SIGHUP was ignored
+
+
+def _has_terminal() -> bool:
+    try:
+        with open("/dev/tty", "rb"):
+            return True
+    except OSError:
+        return False
 
 
 def local_token() -> None:

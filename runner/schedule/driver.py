@@ -390,13 +390,13 @@ class Driver:
         while pending and time.monotonic() < deadline:
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=1)
         why = "cancelled by `gridrun cancel`" if os.environ.get("GRIDRUN_SUBMISSION") else f"cancelled by {signal_name}"
-        ended = set(ray.wait([r.ref for r in running], num_returns=len(running), timeout=0)[0]) if running else set()
         for item in running:
             name = item.job.spec.name
             if name in finals:
                 continue
-            # A job that finished before the stop reached it is a success, not a cancel.
-            if item.ref in ended and self._outcome(item).get("exit_code") == 0 and item.job.store.read_result():
+            # A job that finished before the stop reached it is a success, not a cancel: its result.json, written
+            # last and whole, is there (its task may have been cancelled on its way out).
+            if item.job.store.read_result() is not None:
                 finals[name] = self._finish(item.job, JobState.SUCCEEDED, exit_code=0)
             else:
                 finals[name] = self._finish(item.job, JobState.CANCELLED, reason=why)
