@@ -6,7 +6,7 @@ GRIDRUN := $(BIN)/gridrun
 RESULTS ?= results
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run-all test test-fast lint format bench report tensorboard images clean
+.PHONY: setup run-all test test-fast chaos lint format bench report tensorboard images clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,15 @@ test: setup
 # The quick loop while editing: no model training for minutes, no containers, no multi-node clusters.
 test-fast: setup
 	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) -m "not slow and not docker and not cluster" $(PYTEST_ARGS)
+
+# Kill workers, containers and the driver at random while a suite runs; then check that every job succeeded
+# exactly once, whole, with nothing left running, and print the figures. KILLS, JOBS, EPOCHS, SEED tune it.
+KILLS ?= 12
+JOBS ?= 4
+EPOCHS ?= 4
+SEED ?= 1
+chaos: setup
+	$(BIN)/python tests/chaos.py --kills $(KILLS) --jobs $(JOBS) --epochs $(EPOCHS) --seed $(SEED) --baseline
 
 # The report of one suite (written by `run` too); SUITE names it.
 SUITE ?= alexnet-challenge

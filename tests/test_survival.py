@@ -274,3 +274,25 @@ def test_a_changed_spec_keeps_the_earlier_result_and_a_result_written_before_its
     new = json.loads((job_dir(tmp_path) / "spec.json").read_text())
     assert new["spec_hash"] != old and (job_dir(tmp_path) / "result.json").is_file()
     assert [j.name for j in ResultsStore.open(results).suite("long").jobs()] == ["first"]
+
+
+@pytest.mark.slow
+def test_run_with_wait_waits_for_the_holder_and_plan_says_who_holds_it(tmp_path: Path) -> None:
+    suite = write_suite(tmp_path, epochs=1)
+    results, cache = str(tmp_path / "results"), str(tmp_path / "cache")
+    holder = hold(str(tmp_path / "results" / "long"))
+    try:
+        planned = gridrun("plan", str(suite), "--results", results, "--cache", cache)
+        assert planned.returncode == 0 and f"is in use by another gridrun (pid {holder.pid} on" in planned.stdout
+        cmd = [sys.executable, "-m", "runner", "run", str(suite), "--results", results, "--cache", cache, "--wait"]
+        waiting = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(8)
+        assert waiting.poll() is None, waiting.stdout.read()
+        assert not job_dir(tmp_path).exists(), "nothing is written while another driver holds the folder"
+    finally:
+        holder.kill()
+        holder.wait()
+    out, _ = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0, out
+    assert "waiting for" in out and f"pid {holder.pid}" in out
+    assert (job_dir(tmp_path) / "result.json").is_file()
