@@ -153,7 +153,11 @@ def chaos(
         driver = start(suite, results, cache, log)
         while True:
             if sum(figures.kills.values()) < kills:
-                deadline = time.monotonic() + rng.uniform(3, 12)
+                # A random point of the training: once some worker runs (or after a minute), then 1-8 s on.
+                started = time.monotonic() + 60
+                while time.monotonic() < started and driver.poll() is None and not workers(run_ids(results)):
+                    time.sleep(0.2)
+                deadline = time.monotonic() + rng.uniform(1, 8)
                 while time.monotonic() < deadline and driver.poll() is None:
                     time.sleep(0.2)
                 done = sum(figures.kills.values())

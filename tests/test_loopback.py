@@ -25,7 +25,7 @@ from runner.schedule import cluster
 # Processes of the embedded Ray that listen, by a piece of their command line; the last two open their
 # metrics ports seconds after ray.init returns.
 KINDS = ("gcs_server", "raylet", "DashboardAgent", "RuntimeEnvAgent", "dashboard/dashboard.py", "monitor.py")
-SETTLE_S = 30.0
+SETTLE_S = 90.0  # a loaded machine starts the agents late
 
 # The child: start the embedded Ray, run a task, report, and hold the cluster until stdin closes.
 EMBEDDED = """

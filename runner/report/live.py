@@ -74,7 +74,13 @@ class LiveView:
         table = Table(title=f"gridrun — {time.monotonic() - self._started:.0f}s", title_justify="left")
         for col in ("job", "state", "epoch", "val acc", "test acc", "node / GPUs"):
             table.add_column(col)
-        colours = {"succeeded": "green", "failed": "red", "running": "yellow", "cancelled": "magenta"}
+        colours = {
+            "succeeded": "green",
+            "failed": "red",
+            "running": "yellow",
+            "cancelled": "magenta",
+            "interrupted": "magenta",
+        }
         for name, job in self.jobs:
             status = job.read_status()
             progress = job.read_progress() or {}

@@ -15,7 +15,7 @@ from schemas import JobSpec, RunResult, RunStatus, SpecFile, Substitution
 # The lead records a job the plan refused, or one that cannot run yet, as failed with this prefix.
 BLOCKED_PREFIX = "not runnable:"
 # States a report lists under "failed, blocked and cancelled runs".
-PROBLEM_STATES = ("failed", "blocked", "cancelled", "incomplete", "unreadable")
+PROBLEM_STATES = ("failed", "blocked", "cancelled", "interrupted", "incomplete", "unreadable")
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class Run:
             return "status.json says succeeded but " + (self._problem("result.json") or "result.json is missing")
         if self.spec_file is None and not reason:
             return self._problem("spec.json") or "spec.json is invalid"
-        if self.state in ("failed", "cancelled") and not reason:
+        if self.state in ("failed", "cancelled", "interrupted") and not reason:
             return "no reason recorded"
         return reason
 
@@ -91,7 +91,8 @@ def read_run(job: JobStore) -> Run:
     """Read one job folder, named by its folders: a copy of results/<suite> kept as results/<suite>-old
     is told apart from the original."""
     files = job.read_files()
-    return Run(job.suite, job.name, job, files.spec, files.status, files.result, files.problems)
+    # A job its dead driver left "running" is shown as interrupted, as `status` shows it.
+    return Run(job.suite, job.name, job, files.spec, job.seen(files.status), files.result, files.problems)
 
 
 def load_suite(suite_dir: Path | str) -> list[Run]:

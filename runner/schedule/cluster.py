@@ -429,16 +429,16 @@ def token_mode() -> bool:
 
 
 @contextlib.contextmanager
-def _own_signals(ignore: tuple[signal.Signals, ...] = ()) -> Iterator[None]:
+def _own_signals(hold: tuple[signal.Signals, ...] = ()) -> Iterator[None]:
     """Around ray.init: the driver's SIGINT, SIGTERM and SIGHUP handlers are its own again afterwards (Ray installs
-    a SIGTERM handler that dumps a C++ stack); `ignore` is what the processes Ray starts meanwhile inherit."""
+    a SIGTERM handler that exits 15). `hold` is blocked meanwhile: the processes Ray starts inherit the block, so a
+    terminal's Ctrl-C or SIGHUP (sent to its whole process group) reaches only the driver, which cancels the jobs
+    in order; one that came during the start is delivered to the driver as soon as it is over."""
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM)}
-    had_terminal = _has_terminal()
-    for sig in ignore:
-        signal.signal(sig, signal.SIG_IGN)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, hold) if hold else None
     try:
         yield
-    except SystemExit as e:  # Ray's own SIGTERM handler, while it was in place, exits with code 15
+    except SystemExit as e:  # Ray's own SIGTERM handler, while it was in place
         if e.code == signal.SIGTERM:
             raise Stopped(signal.SIGTERM) from None
         raise
@@ -446,16 +446,8 @@ def _own_signals(ignore: tuple[signal.Signals, ...] = ()) -> Iterator[None]:
         for sig, handler in previous.items():
             if handler is not None:
                 signal.signal(sig, handler)
-    if signal.SIGHUP in ignore and had_terminal and not _has_terminal():
-        raise Stopped(signal.SIGHUP)  # the terminal closed while its SIGHUP was ignored
-
-
-def _has_terminal() -> bool:
-    try:
-        with open("/dev/tty", "rb"):
-            return True
-    except OSError:
-        return False
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def local_token() -> None:
@@ -548,11 +540,9 @@ def connect(
             probe = (host, int(port))
         _current = Cluster(address, nodes(), probe)
         return _current
-    # Ctrl-C and a closed terminal's SIGHUP go to the terminal's whole process group: Ray's own processes,
-    # started now, inherit "ignore" for both, so that only the driver sees them and cancels the jobs in order.
     # A watchdog removes Ray's processes, the workers and containers should this driver die unannounced.
     reaper.guard_run(run_id or uuid.uuid4().hex[:12])
-    with _own_signals(ignore=(signal.SIGINT, signal.SIGHUP)):
+    with _own_signals(hold=(signal.SIGINT, signal.SIGHUP)):
         _init_local(ray, num_gpus, num_cpus)
     _current = Cluster("local", nodes())
     return _current

@@ -122,7 +122,7 @@ def _execute(req: Request) -> dict:
     """The Ray task: start the job's worker with the GPUs Ray assigned, keep its folder in the store, wait,
     report how it ended."""
     # Ray's cancel interrupts the task through SIGINT (_thread.interrupt_main), which does nothing where SIGINT
-    # is ignored, as it is in workers of an embedded Ray (its processes inherit the driver's "ignore Ctrl-C").
+    # is ignored (a worker started by a shell's background job inherits that).
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         with contextlib.suppress(ValueError):  # not the main thread: then Ray cancels it its own way
             signal.signal(signal.SIGINT, signal.default_int_handler)
