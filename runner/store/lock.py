@@ -3,7 +3,8 @@
 On a local folder or a mount the lock is `flock` on `<suite>/.lock`, which holds the owner's JSON. The
 kernel drops it when the driver dies in any way (SIGKILL, out of memory), so a dead owner never blocks.
 On object storage the lease is `<suite>/lease.json` (owner and expiry), created with a conditional write
-and renewed by a thread; a driver that dies stops renewing it and it lapses after `lease_seconds()`.
+and renewed by a thread; a driver that dies stops renewing it and it lapses after `lease_seconds()`, or at
+once for a driver of this machine whose process is gone.
 """
 
 import contextlib
@@ -127,7 +128,7 @@ class SuiteLock:
     def _try_lease(self) -> bool:
         if not self.storage.create_bytes(LEASE, self._lease()):
             current = _parse(self.storage.read_bytes(LEASE))
-            if current is not None and current.expires is not None and current.expires > datetime.now(UTC):
+            if current is not None and _live(current):
                 return current.run_id == self.owner.run_id
             # Lapsed (its driver died) or unreadable: take it over.
             self.storage.remove(LEASE)
@@ -195,9 +196,22 @@ def holder_of(storage: Storage) -> Owner | None:
         finally:
             os.close(fd)
     owner = _parse(storage.read_bytes(LEASE))
-    if owner is None or owner.expires is None or owner.expires <= datetime.now(UTC):
-        return None
-    return owner
+    return owner if owner is not None and _live(owner) else None
+
+
+def _live(owner: Owner) -> bool:
+    """Whether a lease's holder may still be running: its lease has not lapsed and, when it ran on this
+    machine, its process is still there (a driver killed a moment ago frees the suite folder at once)."""
+    if owner.expires is None or owner.expires <= datetime.now(UTC):
+        return False
+    if owner.host == socket.gethostname() and owner.pid > 0:
+        try:
+            os.kill(owner.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # another user's process of that pid: alive
+            pass
+    return True
 
 
 __all__ = ["LEASE", "LOCK", "Busy", "SuiteLock", "holder_of", "lease_seconds", "me"]
