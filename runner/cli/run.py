@@ -1,6 +1,7 @@
 """The core verbs: validate, plan, run, status, schema."""
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +17,11 @@ from runner.schedule import cluster as ray_cluster
 from runner.store import JobStore, ResultsStore, SuiteStore, locate
 from runner.suite import LoadedSuite, load_suite
 from schemas import JobSpec, JobState, RunStatus, Suite, registry
+from schemas.base import excerpt
+
+# What --gpus and --cpus may declare for the embedded Ray: whole numbers (Ray refuses fractions of a node's GPUs).
+MAX_DECLARED_GPUS = 1024
+MAX_DECLARED_CPUS = 65_536
 
 SuiteArg = Annotated[Path, typer.Argument(help="Suite file, e.g. jobs/alexnet-challenge.yaml.")]
 ResultsOpt = Annotated[
@@ -56,7 +62,21 @@ InsecureOpt = Annotated[
 def _check_executor(executor: str | None) -> None:
     names = (registry.AUTO_EXECUTOR, *registry.EXECUTORS)
     if executor is not None and executor not in names:
-        raise UserError(f"--executor {executor!r} is not one of {', '.join(names)}. Fix: pick one of those.")
+        raise UserError(f"--executor {excerpt(executor)} is not one of {', '.join(names)}. Fix: pick one of those.")
+
+
+def _check_declared(gpus: float | None, cpus: int | None) -> None:
+    """--gpus and --cpus are whole numbers Ray can declare, refused here before Ray starts and fails on them."""
+    if gpus is not None and not (math.isfinite(gpus) and gpus == int(gpus) and 0 <= gpus <= MAX_DECLARED_GPUS):
+        raise UserError(
+            f"--gpus {gpus:g} is not a number of GPUs: it must be a whole number from 0 to {MAX_DECLARED_GPUS}. "
+            "Fix: give e.g. --gpus 0, --gpus 2, or leave it out to use the GPUs Ray detects."
+        )
+    if cpus is not None and not 1 <= cpus <= MAX_DECLARED_CPUS:
+        raise UserError(
+            f"--cpus {cpus} is not a number of CPUs: it must be a whole number from 1 to {MAX_DECLARED_CPUS:,} "
+            "(jobs need at least one). Fix: give e.g. --cpus 4, or leave it out to use every CPU."
+        )
 
 
 def _pick_profile(loaded: LoadedSuite, asked: str | None, gpus: float) -> str | None:
@@ -102,13 +122,21 @@ def _prepare_plan(
 ) -> tuple[LoadedSuite, str | None, list[PlannedJob], ResultsStore, Cache]:
     """Load, reach the cluster and the stores, prepare (a run) or preview (a plan), and plan."""
     _check_executor(executor)
+    _check_declared(gpus, cpus)
     loaded = load_suite(suite)
     if address is not None and (gpus is not None or cpus is not None):
         raise UserError(
             "--gpus and --cpus describe the embedded Ray; with --address the cluster has its own. Fix: drop them."
         )
-    store = ResultsStore.open(results, create=True)
-    inputs_cache = Cache.open(cache)
+    # Both checked here, before Ray starts: a message names the option it is about.
+    try:
+        store = ResultsStore.open(results, create=True)
+    except UserError as e:
+        raise UserError(f"--results: {e}") from None
+    try:
+        inputs_cache = Cache.open(cache)
+    except UserError as e:
+        raise UserError(f"--cache: {e}") from None
     cluster = ray_cluster.connect(address, num_gpus=gpus, num_cpus=cpus, insecure=insecure)
     console.print(cluster.describe(), highlight=False)
     if store.local is not None:
