@@ -10,7 +10,7 @@ from rich.table import Table
 
 from runner.cli.app import app, console, err
 from runner.errors import UserError
-from runner.plan import PlannedJob, disk, make_plan, plan_table
+from runner.plan import PlannedJob, check_links, disk, make_plan, plan_table
 from runner.prepare import Cache, Preparer, build_images, inputs
 from runner.report.live import LiveView
 from runner.schedule import cluster as ray_cluster
@@ -137,6 +137,7 @@ def _prepare_plan(
         inputs_cache = Cache.open(cache)
     except UserError as e:
         raise UserError(f"--cache: {e}") from None
+    check_links(loaded, store, [spec.name for spec in loaded.jobs()])  # make_plan checks again, under the profile
     cluster = ray_cluster.connect(address, num_gpus=gpus, num_cpus=cpus, insecure=insecure)
     console.print(cluster.describe(), highlight=False)
     if store.local is not None:
