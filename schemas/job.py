@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from schemas.base import Problems, SafeName, Strict
+from schemas.base import PlainText, Problems, SafeName, Strict, clip, excerpt
 from schemas.registry import (
     ARCHS,
     AUTO_EXECUTOR,
@@ -30,8 +30,23 @@ DatasetName = Annotated[str, Registered(DATASETS, "dataset")]
 ExecutorName = Annotated[str, Registered(EXECUTORS, "executor", extra=(AUTO_EXECUTOR,))]
 
 # Ray node labels: a key like gpu-type or ray.io/accelerator-type; a value, optionally negated or a set.
-_LABEL_KEY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._/-]{0,252}[A-Za-z0-9])?$")
-_LABEL_VALUE = re.compile(r"^!?([A-Za-z0-9._-]{1,63}|in\([A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*\))$")
+# All patterns here are matched with fullmatch: `$` would accept a trailing newline.
+_LABEL_KEY = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]{0,252}[A-Za-z0-9])?")
+_LABEL_VALUE = re.compile(r"!?([A-Za-z0-9._-]{1,63}|in\([A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*\))")
+# A Ray custom resource, e.g. A100 or accelerator_type:H100.
+_RESOURCE = re.compile(r"[A-Za-z0-9_.:/-]{1,100}")
+# A Docker image reference: [registry[:port]/]repository[:tag][@digest].
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@-]{0,254}")
+
+# numpy's RandomState and the frameworks' global seeds take at most 32 bits.
+MAX_SEED = 2**32 - 1
+MAX_IMAGES = 10_000_000  # dataset.limit: far beyond CIFAR-10 and ImageNet-1k's 1.3 million
+MAX_SYNTHETIC = 1_000_000  # synthetic images are made in memory: 3 GB of 32 px RGB at this count
+MAX_WIDTH = 16_384  # classifier_width: a 16384 x 16384 dense layer alone holds 268 M parameters
+MAX_EPOCHS = 10_000
+MAX_CUSTOM = 1_000_000  # Ray keeps resource amounts as fixed-point integers
+MAX_MEMORY_GB = 65_536  # 64 TiB
+MAX_TIMEOUT_MINUTES = 100_000  # about 69 days: finite, so deadlines and timers stay representable
 
 
 def _always_at_hand() -> list[str]:
@@ -44,17 +59,20 @@ class DatasetSpec(Strict):
     name: DatasetName = Field("cifar10", description=f"Dataset: {plain(list(DATASETS))}.")
     image_size: int = Field(224, ge=8, le=1024, description="Side in pixels the images are resized to.")
     limit: int | None = Field(
-        None, ge=10, description="Use at most this many training images; validation and test shrink alike."
+        None,
+        ge=10,
+        le=MAX_IMAGES,
+        description="Use at most this many training images; validation and test shrink alike.",
     )
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of the training pool held out for validation.")
     test_fraction: float = Field(
         0.2, gt=0, lt=0.5, description="Share held out for testing, for datasets without an official test split."
     )
-    seed: int = Field(0, description="Seed of the train / validation / test split.")
-    path: str | None = Field(
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the train / validation / test split.")
+    path: PlainText | None = Field(
         None, description="Data folder: cifar10 pickle batches or an imagefolder root. Default: inside the cache."
     )
-    synthetic_size: int = Field(2000, ge=10, description="Number of images of the synthetic dataset.")
+    synthetic_size: int = Field(2000, ge=10, le=MAX_SYNTHETIC, description="Number of images of the synthetic dataset.")
     fallback: DatasetName | None = Field(
         None, description="Declared substitute used, and recorded, when this dataset cannot be had offline."
     )
@@ -88,7 +106,9 @@ class ModelSpec(Strict):
     """Architecture, initial weights and head."""
 
     arch: ArchName = Field(description=f"Architecture: {plain(list(ARCHS))}.")
-    weights: str = Field("none", description="Initial weights: none (random), imagenet, or a path to a weights file.")
+    weights: PlainText = Field(
+        "none", description="Initial weights: none (random), imagenet, or a path to a weights file."
+    )
     weights_fallback: Literal["none"] | None = Field(
         None, description="Declared substitute when ImageNet weights cannot be had: none = random initial weights."
     )
@@ -96,6 +116,7 @@ class ModelSpec(Strict):
     classifier_width: int | None = Field(
         None,
         ge=8,
+        le=MAX_WIDTH,
         description=f"Width of the hidden dense layers of the classifier ({'/'.join(with_hidden_layers())}; "
         "default: torchvision's, 4096).",
     )
@@ -107,7 +128,7 @@ class ModelSpec(Strict):
         if self.weights not in ("none", "imagenet") and not self.weights.endswith(weights_suffixes()):
             problems.add(
                 "weights",
-                f"weights {self.weights!r} is not none, imagenet, or a weights file "
+                f"weights {excerpt(self.weights)} is not none, imagenet, or a weights file "
                 f"(a path ending in {', '.join(weights_suffixes())})",
                 self.weights,
             )
@@ -137,7 +158,7 @@ class OptimizerSpec(Strict):
     lr: float = Field(0.01, gt=0, le=10, description="Peak learning rate.")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (PyTorch's definition).")
     nesterov: bool = Field(False, description="Nesterov momentum for SGD.")
-    weight_decay: float = Field(0.0, ge=0, description="Weight decay (L2 for sgd/adam, decoupled for adamw).")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="Weight decay (L2 for sgd/adam, decoupled for adamw).")
 
     @model_validator(mode="after")
     def _check(self) -> "OptimizerSpec":
@@ -156,7 +177,7 @@ class ScheduleSpec(Strict):
     """Learning-rate schedule over the whole run."""
 
     name: Literal["constant", "cosine", "onecycle"] = Field("constant", description="constant, cosine or onecycle.")
-    warmup_epochs: float = Field(0, ge=0, description="Linear warm-up, in epochs (cosine only).")
+    warmup_epochs: float = Field(0, ge=0, le=MAX_EPOCHS, description="Linear warm-up, in epochs (cosine only).")
 
 
 class AugmentSpec(Strict):
@@ -170,7 +191,7 @@ class AugmentSpec(Strict):
 class TrainSpec(Strict):
     """How a run trains."""
 
-    epochs: int = Field(10, ge=1, le=10_000, description="Number of epochs.")
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS, description="Number of epochs.")
     batch_size: int = Field(64, ge=1, le=65_536, description="Training batch size.")
     eval_batch_size: int = Field(512, ge=1, le=65_536, description="Batch size for validation and test.")
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer.")
@@ -179,7 +200,7 @@ class TrainSpec(Strict):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the cross-entropy loss.")
     mixed_precision: bool = Field(True, description="bfloat16 autocast where the GPU supports it.")
     compile: bool = Field(False, description="torch.compile / XLA jit_compile the model.")
-    seed: int = Field(0, description="Seed of weight initialisation and batch order.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of weight initialisation and batch order.")
 
 
 class ResourcesSpec(Strict):
@@ -187,8 +208,10 @@ class ResourcesSpec(Strict):
 
     gpus: float = Field(0, ge=0, le=64, description="GPUs; fractions below 1 share a GPU.")
     cpus: float = Field(1, gt=0, le=1024, description="CPU cores.")
-    memory_gb: float | None = Field(None, gt=0, description="Host memory limit in GiB.")
-    timeout_minutes: float | None = Field(None, gt=0, description="Stop the run after this long.")
+    memory_gb: float | None = Field(None, gt=0, le=MAX_MEMORY_GB, description="Host memory limit in GiB.")
+    timeout_minutes: float | None = Field(
+        None, gt=0, le=MAX_TIMEOUT_MINUTES, description="Stop the run after this long."
+    )
     max_retries: int = Field(0, ge=0, le=10, description="Retries after a failure of the node or container.")
     custom: dict[str, float] = Field(
         default_factory=dict,
@@ -210,15 +233,22 @@ class ResourcesSpec(Strict):
     @model_validator(mode="after")
     def _check_placement(self) -> "ResourcesSpec":
         for name, amount in self.custom.items():
+            if not _RESOURCE.fullmatch(name):
+                raise ValueError(
+                    f"custom resource {excerpt(name)} is not a resource name: use 1-100 letters, digits, "
+                    "'_', '-', '.', ':' or '/'"
+                )
             if name in ("CPU", "GPU", "memory", "object_store_memory"):
                 raise ValueError(f"custom resource {name!r} is built in: use resources.cpus / gpus / memory_gb")
-            if amount <= 0:
-                raise ValueError(f"custom resource {name!r} needs a positive amount, not {amount:g}")
-        for key, value in self.labels.items():
-            if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(value):
+            if not 0 < amount <= MAX_CUSTOM:
                 raise ValueError(
-                    f"label {key}: {value!r} is not a node label selector: use a key of letters, digits, '-', '_', "
-                    "'.', '/' and a value 'v', '!v', 'in(a,b)' or '!in(a,b)'"
+                    f"custom resource {name!r} needs an amount above 0 and at most {MAX_CUSTOM:,}, not {amount:g}"
+                )
+        for key, value in self.labels.items():
+            if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
+                raise ValueError(
+                    f"label {excerpt(key)}: {excerpt(value)} is not a node label selector: use a key of letters, "
+                    "digits, '-', '_', '.', '/' and a value 'v', '!v', 'in(a,b)' or '!in(a,b)'"
                 )
         return self
 
@@ -246,6 +276,13 @@ class JobSpec(Strict):
                 f"image_size {self.dataset.image_size} is too small for {self.model.arch}: use at least {low}",
                 self.dataset.image_size,
             )
+        if self.image is not None and not _IMAGE.fullmatch(self.image):
+            problems.add(
+                "image",
+                f"image {excerpt(self.image)} is not a Docker image reference: use letters, digits and "
+                "'.', '_', '-', ':', '/', '@' (e.g. registry.example.com/team/gridrun-torch:1.0)",
+                self.image,
+            )
         self._check_weights(problems)
         problems.raise_any()
         return self
@@ -266,7 +303,7 @@ class JobSpec(Strict):
             if owner is not None and owner.name != self.framework:
                 problems.add(
                     "model.weights",
-                    f"weights file {weights} is a {owner.display} file; a {self.framework} job loads "
+                    f"weights file {clip(weights, 100)} is a {owner.display} file; a {self.framework} job loads "
                     f"{framework.weights_kind}. Fix: {framework.weights_fix}; or use weights: none or imagenet",
                     weights,
                 )

@@ -25,6 +25,8 @@ from typing import Any, NamedTuple
 from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic_core import core_schema
 
+from schemas.base import excerpt
+
 # --- frameworks --------------------------------------------------------------------------------------
 
 
@@ -356,7 +358,7 @@ class Registered:
             return value
         close = difflib.get_close_matches(value, self.choices(), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown {self.kind} {value!r}{hint}: use {quoted(self.choices())}")
+        raise ValueError(f"unknown {self.kind} {excerpt(value)}{hint}: use {quoted(self.choices())}")
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
         return core_schema.no_info_after_validator_function(self.check, handler(source))

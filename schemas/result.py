@@ -1,13 +1,19 @@
 """result.json: everything a finished run measured."""
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from schemas.base import Strict
 from schemas.job import JobSpec
 from schemas.registry import EXECUTORS, FRAMEWORKS, plain
 
 
-class EpochRecord(Strict):
+class Measured(Strict):
+    """What a run measured, recorded as it came: a diverged run's loss is NaN, and that is a result."""
+
+    model_config = ConfigDict(allow_inf_nan=True)
+
+
+class EpochRecord(Measured):
     """One epoch's metrics. Accuracies are fractions in [0, 1]."""
 
     epoch: int = Field(ge=1, description="Epoch number, from 1.")
@@ -20,7 +26,7 @@ class EpochRecord(Strict):
     images_per_second: float = Field(description="Training throughput.")
 
 
-class ClassAccuracy(Strict):
+class ClassAccuracy(Measured):
     """Test accuracy of one class."""
 
     name: str = Field(description="Class name.")
@@ -28,7 +34,7 @@ class ClassAccuracy(Strict):
     support: int = Field(description="Test images of this class.")
 
 
-class Timing(Strict):
+class Timing(Measured):
     """Wall time, split. Seconds."""
 
     data_seconds: float = Field(description="Loading the dataset and moving it to the device.")
@@ -62,7 +68,7 @@ class Environment(Strict):
     libraries: dict[str, str] = Field(default_factory=dict, description="Other library versions.")
 
 
-class RunResult(Strict):
+class RunResult(Measured):
     """What a finished run hands back."""
 
     schema_version: int = Field(1, description="Version of this file's layout.")

@@ -4,11 +4,15 @@ Jobs, defaults and profiles are partial job specs (plain mappings); they are mer
 validated as JobSpec by runner.suite, which knows where each value came from.
 """
 
+import math
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from schemas.base import SafeName, Strict
+from schemas.base import SafeName, Strict, excerpt
+
+# Jobs one suite may hold, its list and its matrix together: the matrix is counted before it is expanded.
+MAX_JOBS = 10_000
 
 
 class MatrixSpec(Strict):
@@ -32,8 +36,20 @@ class MatrixSpec(Strict):
             raise ValueError("a matrix needs at least one axis")
         for key, values in axes.items():
             if not values:
-                raise ValueError(f"axis {key!r} has no values")
+                raise ValueError(f"axis {excerpt(key)} has no values")
+        size = math.prod(len(values) for values in axes.values())
+        if size > MAX_JOBS:
+            sizes = " x ".join(str(len(values)) for values in axes.values())
+            raise ValueError(
+                f"the matrix makes {sizes} = {size:,} jobs before its excludes, more than the {MAX_JOBS:,} one suite "
+                "may hold. Fix: use fewer values per axis, or split the study into several suites"
+            )
         return axes
+
+    @property
+    def size(self) -> int:
+        """Jobs the matrix makes before its excludes: the product of the axes' lengths, nothing expanded."""
+        return math.prod(len(values) for values in self.axes.values())
 
     @model_validator(mode="after")
     def _excludes_name_axes(self) -> "MatrixSpec":
@@ -41,7 +57,8 @@ class MatrixSpec(Strict):
             unknown = set(entry) - set(self.axes)
             if unknown:
                 raise ValueError(
-                    f"exclude names {sorted(unknown)}, which are not axes; the axes are {sorted(self.axes)}"
+                    f"exclude names {excerpt(sorted(unknown))}, which are not axes; "
+                    f"the axes are {excerpt(sorted(self.axes), 200)}"
                 )
         return self
 
@@ -66,5 +83,15 @@ class Suite(Strict):
         if not self.jobs and self.matrix is None:
             raise ValueError("the suite has no jobs: add a 'jobs' list or a 'matrix'")
         if self.cpu_profile is not None and self.cpu_profile not in self.profiles:
-            raise ValueError(f"cpu_profile {self.cpu_profile!r} is not among the profiles {sorted(self.profiles)}")
+            raise ValueError(
+                f"cpu_profile {excerpt(self.cpu_profile)} is not among the profiles "
+                f"{excerpt(sorted(self.profiles), 200)}"
+            )
+        count = len(self.jobs) + (self.matrix.size if self.matrix is not None else 0)
+        if count > MAX_JOBS:
+            made = f" ({len(self.jobs):,} in 'jobs', {self.matrix.size:,} from the matrix)" if self.matrix else ""
+            raise ValueError(
+                f"the suite makes {count:,} jobs{made}, more than the {MAX_JOBS:,} one suite may hold. "
+                "Fix: split the study into several suites"
+            )
         return self

@@ -1,7 +1,9 @@
 """The core verbs: validate, plan, run, status, schema."""
 
 import json
+import math
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +14,7 @@ from rich.table import Table
 from runner.cli.app import app, console, err
 from runner.errors import UserError
 from runner.execute import reaper
-from runner.plan import PlannedJob, disk, make_plan, plan_table
+from runner.plan import PlannedJob, check_links, disk, make_plan, plan_table
 from runner.prepare import Cache, Preparer, build_images, inputs
 from runner.report.live import LiveView
 from runner.schedule import cluster as ray_cluster
@@ -20,6 +22,11 @@ from runner.store import BAD_FILE_FIX, JobStore, ResultsStore, SuiteLock, SuiteS
 from runner.store.lock import me
 from runner.suite import LoadedSuite, load_suite
 from schemas import JobSpec, JobState, Owner, RunStatus, Suite, registry
+from schemas.base import excerpt
+
+# What --gpus and --cpus may declare for the embedded Ray: whole numbers (Ray refuses fractions of a node's GPUs).
+MAX_DECLARED_GPUS = 1024
+MAX_DECLARED_CPUS = 65_536
 
 SuiteArg = Annotated[Path, typer.Argument(help="Suite file, e.g. jobs/alexnet-challenge.yaml.")]
 ResultsOpt = Annotated[
@@ -60,7 +67,21 @@ InsecureOpt = Annotated[
 def _check_executor(executor: str | None) -> None:
     names = (registry.AUTO_EXECUTOR, *registry.EXECUTORS)
     if executor is not None and executor not in names:
-        raise UserError(f"--executor {executor!r} is not one of {', '.join(names)}. Fix: pick one of those.")
+        raise UserError(f"--executor {excerpt(executor)} is not one of {', '.join(names)}. Fix: pick one of those.")
+
+
+def _check_declared(gpus: float | None, cpus: int | None) -> None:
+    """--gpus and --cpus are whole numbers Ray can declare, refused here before Ray starts and fails on them."""
+    if gpus is not None and not (math.isfinite(gpus) and gpus == int(gpus) and 0 <= gpus <= MAX_DECLARED_GPUS):
+        raise UserError(
+            f"--gpus {gpus:g} is not a number of GPUs: it must be a whole number from 0 to {MAX_DECLARED_GPUS}. "
+            "Fix: give e.g. --gpus 0, --gpus 2, or leave it out to use the GPUs Ray detects."
+        )
+    if cpus is not None and not 1 <= cpus <= MAX_DECLARED_CPUS:
+        raise UserError(
+            f"--cpus {cpus} is not a number of CPUs: it must be a whole number from 1 to {MAX_DECLARED_CPUS:,} "
+            "(jobs need at least one). Fix: give e.g. --cpus 4, or leave it out to use every CPU."
+        )
 
 
 def _pick_profile(loaded: LoadedSuite, asked: str | None, gpus: float) -> str | None:
@@ -91,13 +112,44 @@ def _shared_or_refuse(cluster: ray_cluster.Cluster, what: str, path: Path, fix: 
         )
 
 
+@dataclass(frozen=True)
+class Opened:
+    """What a plan or a run checked before Ray starts: the suite, the results store and the cache."""
+
+    loaded: LoadedSuite
+    store: ResultsStore
+    cache: Cache
+
+
+def _open(
+    suite: Path, results: str, executor: str | None, address: str | None, cache: str | None, gpus, cpus
+) -> Opened:
+    """Every check that needs no cluster, done before Ray starts: options, the suite file, the stores, links."""
+    _check_executor(executor)
+    _check_declared(gpus, cpus)
+    loaded = load_suite(suite)
+    if address is not None and (gpus is not None or cpus is not None):
+        raise UserError(
+            "--gpus and --cpus describe the embedded Ray; with --address the cluster has its own. Fix: drop them."
+        )
+    # A message names the option it is about.
+    try:
+        store = ResultsStore.open(results, create=True)
+    except UserError as e:
+        raise UserError(f"--results: {e}") from None
+    try:
+        inputs_cache = Cache.open(cache)
+    except UserError as e:
+        raise UserError(f"--cache: {e}") from None
+    check_links(loaded, store, [spec.name for spec in loaded.jobs()])  # make_plan checks again, under the profile
+    return Opened(loaded, store, inputs_cache)
+
+
 def _prepare_plan(
-    suite: Path,
-    results: str,
+    opened: Opened,
     profile: str | None,
     executor: str | None,
     address: str | None,
-    cache: str | None,
     gpus: float | None,
     cpus: int | None,
     force: bool,
@@ -105,15 +157,8 @@ def _prepare_plan(
     insecure: bool = False,
     lock: SuiteLock | None = None,
 ) -> tuple[LoadedSuite, str | None, list[PlannedJob], ResultsStore, Cache]:
-    """Load, reach the cluster and the stores, prepare (a run) or preview (a plan), and plan."""
-    _check_executor(executor)
-    loaded = load_suite(suite)
-    if address is not None and (gpus is not None or cpus is not None):
-        raise UserError(
-            "--gpus and --cpus describe the embedded Ray; with --address the cluster has its own. Fix: drop them."
-        )
-    store = ResultsStore.open(results, create=True)
-    inputs_cache = Cache.open(cache)
+    """Reach the cluster, prepare (a run) or preview (a plan), and plan."""
+    loaded, store, inputs_cache = opened.loaded, opened.store, opened.cache
     suite_store = store.suite(loaded.name)
     holder = suite_store.holder()
     if holder is not None and lock is None:
@@ -186,9 +231,8 @@ def plan(
 ) -> None:
     """Show what `run` would do: each job's resources, executor, and run or skip with why."""
     try:
-        _prepare_plan(
-            suite, results, profile, executor, address, cache, gpus, cpus, force, download=False, insecure=insecure
-        )
+        opened = _open(suite, results, executor, address, cache, gpus, cpus)
+        _prepare_plan(opened, profile, executor, address, gpus, cpus, force, download=False, insecure=insecure)
     finally:
         ray_cluster.shutdown()
 
@@ -211,22 +255,12 @@ def run(
     ] = False,
 ) -> None:
     """Run a suite on Ray: prepare inputs, schedule every job, gather results, write the report."""
+    opened = _open(suite, results, executor, address, cache, gpus, cpus)
     owner = me(uuid.uuid4().hex[:12])
-    lock = _take(suite, results, owner, wait)
+    lock = _take(opened, owner, wait)
     try:
         loaded, chosen, planned, store, inputs_cache = _prepare_plan(
-            suite,
-            results,
-            profile,
-            executor,
-            address,
-            cache,
-            gpus,
-            cpus,
-            force,
-            download=True,
-            insecure=insecure,
-            lock=lock,
+            opened, profile, executor, address, gpus, cpus, force, download=True, insecure=insecure, lock=lock
         )
         # Imports ray: only once the cluster is up, since Ray reads how to start the embedded one when imported.
         from runner.schedule.driver import Driver
@@ -259,10 +293,9 @@ def run(
     console.print(f"[green]all {len(finals)} job(s) done[/]; results in {suite_store.url}")
 
 
-def _take(suite: Path, results: str, owner: Owner, wait: bool) -> SuiteLock:
+def _take(opened: Opened, owner: Owner, wait: bool) -> SuiteLock:
     """The suite folder's lock for this run, before Ray starts; jobs a dead driver left are marked interrupted."""
-    loaded = load_suite(suite)
-    suite_store = ResultsStore.open(results, create=True).suite(loaded.name)
+    suite_store = opened.store.suite(opened.loaded.name)
     lock = suite_store.lock(owner)
     lock.acquire(wait=wait, say=lambda m: console.print(f"[yellow]{m}[/]", highlight=False))
     try:

@@ -93,6 +93,17 @@ def fit_problem(spec: JobSpec, nodes: list[Node]) -> str:
     return f"needs {needs} on a node with {placement(spec)}; the nodes offer: {offered or 'none'}"
 
 
+def check_links(loaded: LoadedSuite, results: ResultsStore, names: list[str]) -> None:
+    """A UserError when a symbolic link leads a job's folder, or a file in it, out of the results folder.
+
+    The whole run is refused rather than the job failed: its status, with the reason, could not be written in
+    its folder; and reading that folder's status to plan would trust files from elsewhere."""
+    suite = results.suite(loaded.name)
+    linked = list(dict.fromkeys(p for name in names if (p := suite.job(name).link_problem())))
+    if linked:
+        raise UserError(f"{loaded.path}: nothing was run. " + "\n".join(linked))
+
+
 def make_plan(
     loaded: LoadedSuite,
     prepared: list[Prepared],
@@ -113,6 +124,7 @@ def make_plan(
             "Fix: lower resources.gpus / resources.cpus, change resources.custom / resources.labels, pick a profile "
             "that fits (--profile cpu), or attach a larger cluster with --address."
         )
+    check_links(loaded, results, [p.declared.name for p in prepared])
     suite = results.suite(loaded.name)
     holder = suite.holder()  # a live driver of this suite folder: its queued and running jobs are not stale
     plan = []

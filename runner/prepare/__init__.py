@@ -59,6 +59,7 @@ class Cache:
             return cls(default_cache())
         storage = Storage.open(where, create=True)
         if storage.local is not None:
+            storage.check(writable=False)  # a file is refused; a read-only folder filled beforehand may do
             return cls(storage.local)
         storage.check()
         return cls(default_cache(), storage)

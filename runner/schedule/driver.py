@@ -135,6 +135,10 @@ def _execute(req: Request) -> dict:
         cache = _node_cache(req)
     except UserError as e:
         return {"exit_code": USER_ERROR_EXIT, "reason": str(e), "node_id": node_id}
+    # Checked again where the job runs: a link made after the plan must not let its executor write outside.
+    linked = job.link_problem()
+    if linked:
+        return {"exit_code": USER_ERROR_EXIT, "reason": linked, "node_id": node_id}
     work: Path | None = None
     paths = job.local
     if paths is None:  # object storage: a working folder here, copied into the store as it changes

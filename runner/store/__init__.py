@@ -27,6 +27,7 @@ from runner.store.layout import (
     JobPaths,
     SuitePaths,
     atomic_path,
+    link_refusal,
     parse_model,
     read_json,
     write_json,
@@ -52,6 +53,7 @@ __all__ = [
     "SuiteStore",
     "Syncer",
     "atomic_path",
+    "link_refusal",
     "node_dir",
     "read_json",
     "write_json",
@@ -106,6 +108,13 @@ class JobStore:
     def local(self) -> JobPaths | None:
         """The job folder as a local path, when the store is a local folder or mount."""
         return JobPaths(self.storage.local) if self.storage.local is not None else None
+
+    def link_problem(self) -> str:
+        """Why this job's folder must not be used, when a symbolic link leads it (or a file in it) out of the
+        results folder; '' when none does, and always on object storage, which has no links."""
+        if self.storage.local is None or self.storage.jail is None:
+            return ""
+        return link_refusal(self.storage.local, self.storage.jail)
 
     def exists(self) -> bool:
         return self.storage.exists(SPEC)

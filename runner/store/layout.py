@@ -78,6 +78,47 @@ def atomic_path(path: Path, suffix: str = ".tmp", size_hint: int = 0) -> Iterato
         raise
 
 
+def _within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def links_leaving(folder: Path, root: Path) -> list[tuple[Path, Path, Path]]:
+    """Symbolic links that would take what is written to `folder`, or under it, out of bounds: (link, where it
+    leads, the folder it leaves). `folder` itself, and every folder between `root` and it, must stay inside
+    `root`; a link under `folder` must stay inside `folder`: a job's files are its own. A link that leads
+    nowhere yet counts by the path it names (opening it for writing would create that)."""
+    folder, root = Path(folder).absolute(), Path(root).absolute()
+    bound = root.resolve()
+    place = root
+    for part in folder.relative_to(root).parts if _within(folder, root) else ():
+        place = place / part
+        if place.is_symlink() and not _within(place.resolve(), bound):
+            return [(place, place.resolve(), root)]
+    if not folder.is_dir():
+        return []
+    own = folder.resolve()
+    found = []
+    for parent, dirs, files in os.walk(folder):  # never descends into a linked folder
+        for name in sorted(dirs + files):
+            path = Path(parent, name)
+            if path.is_symlink() and not _within(path.resolve(), own):
+                found.append((path, path.resolve(), folder))
+    return found
+
+
+def link_refusal(folder: Path, root: Path) -> str:
+    """One message for what `links_leaving` finds ('' for nothing): each link, where it leads, and the fix."""
+    found = links_leaving(folder, root)
+    if not found:
+        return ""
+    shown = "; ".join(f"{link} is a symbolic link to {target}, outside {bound}" for link, target, bound in found[:5])
+    more = f" (and {len(found) - 5} more)" if len(found) > 5 else ""
+    return (
+        f"{shown}{more}: gridrun neither writes nor reads a job's files through a link that leaves its folder. "
+        f"Fix: remove the link (rm {found[0][0]}); to keep results on another disk, give --results a folder there."
+    )
+
+
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (see atomic_path)."""
     if isinstance(data, BaseModel):

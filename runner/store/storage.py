@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import stat
+import tempfile
 import uuid
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from runner.errors import UserError
+from schemas.base import clip, excerpt
 
 # Each filesystem library is an extra of its own (pyproject); the package is what a failed import names.
 _EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "abfs": "azure", "abfss": "azure", "az": "azure"}
@@ -91,16 +93,16 @@ def _check_rel(rel: str, *, empty_ok: bool = False) -> str:
     if rel == "" and empty_ok:
         return rel
     if rel.startswith("/") or "\\" in rel or _CONTROL.search(rel):
-        raise ValueError(f"invalid storage path {rel!r}: relative posix paths of plain names only")
+        raise ValueError(f"invalid storage path {excerpt(rel)}: relative posix paths of plain names only")
     if any(part in ("", ".", "..") for part in rel.split("/")):
-        raise ValueError(f"invalid storage path {rel!r}: empty, '.' and '..' parts are refused")
+        raise ValueError(f"invalid storage path {excerpt(rel)}: empty, '.' and '..' parts are refused")
     return rel
 
 
 def _check_name(part: str) -> str:
     """One plain name (a folder under a root), or ValueError."""
     if not isinstance(part, str) or "/" in part:
-        raise ValueError(f"invalid name {part!r}: one plain name, without '/'")
+        raise ValueError(f"invalid name {excerpt(part)}: one plain name, without '/'")
     return _check_rel(part)
 
 
@@ -153,9 +155,10 @@ class Storage:
         match = _URL.match(text)
         parts = urlsplit(text)
         shown = cls._display(text)
+        said = clip(shown, 120)  # as messages show it: a 10 kB argument is not repeated whole
         if not match:
             raise UserError(
-                f"{shown}: not a URL gridrun understands (chained URLs are not supported)."
+                f"{said}: not a URL gridrun understands (chained URLs are not supported)."
                 f" Fix: use scheme://bucket/prefix, or a plain path."
             )
         scheme = match.group(1).lower()
@@ -163,29 +166,29 @@ class Storage:
         if parts.password is not None or (parts.username is not None and extra != "azure"):
             how = _CREDENTIALS.get(extra or "", "the provider's standard variables or files")
             raise UserError(
-                f"{shown}: the URL carries credentials."
+                f"{said}: the URL carries credentials."
                 f" Fix: remove them from the URL and set them where the provider looks: {how}."
             )
         if parts.query or parts.fragment:
             # A query may carry a token (Azure SAS); nothing gridrun supports needs one.
             raise UserError(
-                f"{shown}: URLs with '?' or '#' are not supported."
+                f"{said}: URLs with '?' or '#' are not supported."
                 f" Fix: remove the query (tokens go in the provider's variables)."
             )
         if _CONTROL.search(text) or any(p in (".", "..") for p in parts.path.split("/")):
             raise UserError(
-                f"{shown}: '.' and '..' and control characters are not allowed in a storage URL."
+                f"{said}: '.' and '..' and control characters are not allowed in a storage URL."
                 f" Fix: name the folder plainly."
             )
         if scheme in _LOCAL_SCHEMES:
             if parts.netloc not in ("", "localhost"):
-                raise UserError(f"{shown}: a file URL names no host. Fix: use file:///absolute/path or a plain path.")
+                raise UserError(f"{said}: a file URL names no host. Fix: use file:///absolute/path or a plain path.")
             return cls._local(Path(parts.path or "/"), create)
         if scheme not in fsspec.available_protocols():
             known = set(_EXTRAS) | set(_LOCAL_SCHEMES) | {"adl"}
             others = ", ".join(p for p in sorted(fsspec.available_protocols()) if p not in known)
             raise UserError(
-                f"{shown}: unknown storage scheme {scheme!r}. Known: s3, gs, abfs/az, file (fsspec also knows: "
+                f"{said}: unknown storage scheme {excerpt(scheme)}. Known: s3, gs, abfs/az, file (fsspec also knows: "
                 f"{others}). Fix: use one of those, or a plain path for a local folder or a mount (NFS)."
             )
         try:
@@ -193,21 +196,21 @@ class Storage:
         except ImportError as exc:
             if extra:
                 raise UserError(
-                    f"{shown}: {scheme}:// needs the {extra} extra ({_PACKAGES[extra]})."
+                    f"{said}: {scheme}:// needs the {extra} extra ({_PACKAGES[extra]})."
                     f" Fix: pip install 'gridrun[{extra}]'"
                 ) from None
             raise UserError(
-                f"{shown}: {scheme}:// needs a library that is not installed ({_scrub(str(exc))}). Fix: install it."
+                f"{said}: {scheme}:// needs a library that is not installed ({_scrub(str(exc))}). Fix: install it."
             ) from None
         root = fs_class._strip_protocol(text).rstrip("/")
         if extra and not root.split("/")[0]:
-            raise UserError(f"{shown}: names no bucket. Fix: use {scheme}://bucket/prefix.")
+            raise UserError(f"{said}: names no bucket. Fix: use {scheme}://bucket/prefix.")
         try:
             # A fresh instance: fsspec caches by arguments only, so a cached one would keep stale env credentials.
             fs = fs_class(**fs_class._get_kwargs_from_urls(text), skip_instance_cache=True)
         except Exception as exc:
             how = _CREDENTIALS.get(extra or "", "the provider's standard variables")
-            raise UserError(f"{shown}: cannot set up {scheme}:// ({_scrub(str(exc))}). Fix: check {how}.") from None
+            raise UserError(f"{said}: cannot set up {scheme}:// ({_scrub(str(exc))}). Fix: check {how}.") from None
         return cls(fs=fs, root=root, url=shown, protocol=scheme, local=None, jail=None, create=create)
 
     @classmethod
@@ -228,10 +231,12 @@ class Storage:
             netloc = parts.netloc  # abfs://container@account...: a container, not a credential
         return _scrub(f"{parts.scheme}://{netloc}{parts.path}".rstrip("/"))
 
-    def check(self) -> None:
-        """Raise a UserError (what, where, fix) unless this location can be used; writes nothing."""
+    def check(self, writable: bool = True) -> None:
+        """Raise a UserError (what, where, fix) unless this location can be used; leaves nothing behind (a local
+        folder to create is probed with a temp file that has no name). `writable=False`: a folder that is
+        only read (a cache filled beforehand) need not be writable, but must not be a file."""
         if self.local is not None:
-            self._check_local(self.local)
+            self._check_local(self.local, writable)
             return
         try:
             self._check_remote()
@@ -240,7 +245,7 @@ class Storage:
         except Exception as exc:
             raise self._explain(exc) from None
 
-    def _check_local(self, path: Path) -> None:
+    def _check_local(self, path: Path, writable: bool = True) -> None:
         if path.exists() and not path.is_dir():
             raise UserError(f"{path} is a file, not a folder. Fix: choose a folder, or move the file away.")
         if not self.create:
@@ -255,10 +260,22 @@ class Storage:
             existing = existing.parent
         if not existing.is_dir():
             raise UserError(f"{existing} is a file, so {path} cannot be created. Fix: choose another folder.")
+        if not writable:
+            return
         if not os.access(existing, os.W_OK | os.X_OK):
             raise UserError(
                 f"cannot write in {existing} (for {path}). Fix: correct its permissions or choose another folder."
             )
+        # os.access answers from the mode bits: a read-only mount, a full quota or a root-squashing NFS tell
+        # only when something is written.
+        try:
+            with tempfile.TemporaryFile(dir=existing, prefix=".gridrun-probe-"):
+                pass
+        except OSError as e:
+            raise UserError(
+                f"cannot write in {existing} (for {path}): {e.strerror or e}. "
+                "Fix: correct its permissions, free space, or choose another folder."
+            ) from None
 
     def _check_remote(self) -> None:
         self._fresh()
@@ -329,6 +346,11 @@ class Storage:
     @property
     def is_local(self) -> bool:
         return self.local is not None
+
+    @property
+    def jail(self) -> Path | None:
+        """The local root given to open(), which no write leaves; None on object storage."""
+        return self._jail
 
     def child(self, *parts: str) -> "Storage":
         """A Storage rooted deeper, by plain names."""

@@ -19,8 +19,114 @@ from pydantic import BaseModel, ValidationError
 
 from runner.errors import UserError
 from schemas import JobSpec, Suite
+from schemas.base import clip, excerpt
 
 _TEMPLATE = re.compile(r"\{([A-Za-z0-9_.]+)\}")
+# A key that a message may show as it is, without quotes.
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.\[\]-]{1,40}")
+
+# Limits of a suite file, each refused with one message while it is read. The study's suite is 3 kB,
+# 150 values, 5 levels deep; a "billion laughs" file of 600 bytes expands to 10^9 values through aliases.
+MAX_SUITE_BYTES = 1 << 20  # read at most this much (1 MiB), refused before parsing
+MAX_YAML_NODES = 200_000  # values of the document, each alias counted as the copy it stands for
+MAX_YAML_DEPTH = 32  # nesting of mappings and lists, aliases expanded
+MAX_PROBLEMS = 20  # validation problems one message lists; the rest are counted
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _Refused(Exception):
+    """A rule of suite files broken at a place in the file (YAML's mark)."""
+
+    def __init__(self, mark: yaml.Mark | None, message: str) -> None:
+        super().__init__(message)
+        self.mark = mark
+        self.message = message
+
+
+class _SuiteLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader (plain data only, no Python tags) that also refuses a key repeated in one mapping,
+    and measures the document while it is composed, before anything is built from it: aliases expanded, it
+    may hold at most MAX_YAML_NODES values and nest MAX_YAML_DEPTH deep. Each node is measured once and an
+    alias adds the measure of its anchor, so a file that would expand to billions is refused after reading
+    its few hundred bytes."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0  # of the node being composed
+        self._total = 0  # values so far, aliases expanded
+        self._aliases = 0  # aliases met so far
+        self._measured: dict[int, tuple[int, int]] = {}  # id(node) -> (values, depth) with aliases expanded
+
+    def _count(self, n: int, mark: yaml.Mark, what: str) -> None:
+        self._total += n
+        if self._total <= MAX_YAML_NODES:
+            return
+        if not self._aliases:
+            raise _Refused(
+                mark, f"the file holds more than {MAX_YAML_NODES:,} values; a suite needs far fewer. Fix: split it"
+            )
+        raise _Refused(
+            mark,
+            f"{what} brings the file above {MAX_YAML_NODES:,} values once its aliases (*name) are expanded; "
+            "a suite needs far fewer. Fix: write the values out, or use fewer aliases",
+        )
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = self.anchors.get(event.anchor)
+            if node is not None:  # an undefined alias is the composer's own error
+                name = clip(event.anchor)
+                measure = self._measured.get(id(node))
+                if measure is None:
+                    raise _Refused(
+                        event.start_mark,
+                        f"alias *{name} is inside the value it names (a value that contains itself). "
+                        "Fix: point it at a value defined before, outside it",
+                    )
+                size, height = measure
+                self._aliases += 1
+                if self._depth + height > MAX_YAML_DEPTH:
+                    raise _Refused(
+                        event.start_mark,
+                        f"alias *{name} nests the file deeper than {MAX_YAML_DEPTH} levels. Fix: flatten it",
+                    )
+                self._count(size, event.start_mark, f"alias *{name}")
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            raise _Refused(
+                self.peek_event().start_mark,
+                f"mappings and lists nest deeper than {MAX_YAML_DEPTH} levels; a suite needs 6 or so. Fix: flatten it",
+            )
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        measures = [self._measured[id(child)] for child in children]
+        self._measured[id(node)] = (1 + sum(m[0] for m in measures), 1 + max((m[1] for m in measures), default=0))
+        self._count(1, node.start_mark, "this value")
+        return node
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # Before merge keys (<<) are flattened in: a key given here may override a merged one.
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
+                continue
+            key = self.construct_object(key_node)
+            if key in first:
+                raise _Refused(
+                    key_node.start_mark,
+                    f"key {excerpt(key_node.value)} repeats the key of line {first[key].start_mark.line + 1} "
+                    "in the same mapping, and YAML would silently keep only the last. Fix: keep one of them",
+                )
+            first[key] = key_node
+        return super().construct_mapping(node, deep=deep)
 
 
 @dataclass(frozen=True)
@@ -39,7 +145,7 @@ class LoadedSuite:
         """Every job of the suite, with defaults, matrix and the profile applied, validated."""
         if profile is not None and profile not in self.suite.profiles:
             known = ", ".join(sorted(self.suite.profiles)) or "none"
-            raise UserError(f"{self.path}: no profile {profile!r} (profiles: {known}). Fix: pick one of those.")
+            raise UserError(f"{self.path}: no profile {excerpt(profile)} (profiles: {known}). Fix: pick one of those.")
         entries = [(f"jobs[{i}]", raw) for i, raw in enumerate(self.suite.jobs)]
         entries += _matrix_entries(self.suite)
         overrides = self.suite.profiles.get(profile, {}) if profile else {}
@@ -63,7 +169,7 @@ class LoadedSuite:
             return JobSpec.model_validate(merged)
         except ValidationError as e:
             after = " (after defaults" + (f" and profile {profile!r})" if profile else ")")
-            raise UserError(_format_errors(self.path, f"{where} {name!r}{after}", e, JobSpec)) from None
+            raise UserError(_format_errors(self.path, f"{where} {excerpt(name)}{after}", e, JobSpec)) from None
 
     def _resolve_paths(self, spec: JobSpec) -> JobSpec:
         """Relative data and weights paths are relative to the suite file's folder."""
@@ -82,11 +188,12 @@ def load_suite(path: Path | str) -> LoadedSuite:
     path = Path(path)
     if not path.is_file():
         hint = "" if path.suffix in (".yaml", ".yml") else " (a .yaml file)"
+        if path.exists():
+            raise UserError(
+                f"{path} is not a regular file. Fix: give the path of a suite file{hint}, e.g. jobs/smoke.yaml."
+            )
         raise UserError(f"suite file {path} not found. Fix: give the path of a suite file{hint}, e.g. jobs/smoke.yaml.")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: cannot be read ({e}). Fix: give a readable UTF-8 YAML file.") from None
+    text = _read_text(path)
     raw = _parse_yaml(path, text)
     try:
         suite = Suite.model_validate(raw)
@@ -98,23 +205,48 @@ def load_suite(path: Path | str) -> LoadedSuite:
     return loaded
 
 
+def _read_text(path: Path) -> str:
+    """The file as text, read with a bounded read: a huge file (or one that keeps growing) is never held whole."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SUITE_BYTES + 1)
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e}). Fix: give a readable UTF-8 YAML file.") from None
+    if len(data) > MAX_SUITE_BYTES:
+        raise UserError(
+            f"{path} is larger than {MAX_SUITE_BYTES >> 20} MiB, far more than a suite needs (the study's is 3 kB). "
+            "Fix: give the suite file itself, or split the study into several suites."
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: cannot be read ({e}). Fix: give a readable UTF-8 YAML file.") from None
+
+
+def _clip(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _parse_yaml(path: Path, text: str) -> dict[str, Any]:
     if not text.strip():
         raise UserError(f"{path} is empty. Fix: write a suite: a 'suite' name and a 'jobs' list (see jobs/smoke.yaml).")
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_SuiteLoader)  # a SafeLoader: plain data only
+    except _Refused as e:
+        where = f"{path}:{e.mark.line + 1}" if e.mark else str(path)
+        raise UserError(f"{where}: {e.message}.") from None
     except yaml.constructor.ConstructorError as e:
         mark = e.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         tag = re.search(r"tag '([^']+)'", str(e.problem))
         raise UserError(
-            f"{where}: the YAML tag {tag.group(1) if tag else ''} is not allowed; suite files are plain YAML "
-            "(no Python objects). Fix: remove the tag."
+            f"{where}: the YAML tag {clip(tag.group(1)) if tag else ''} is not allowed; suite files are "
+            "plain YAML (no Python objects). Fix: remove the tag."
         ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(e, "problem", None) or str(e)
+        problem = _clip(getattr(e, "problem", None) or str(e))
         raise UserError(f"{where}: malformed YAML: {problem}. Fix: correct the syntax at that line.") from None
     if raw is None:
         raise UserError(f"{path} holds no YAML content. Fix: write a 'suite' name and a 'jobs' list.")
@@ -150,7 +282,7 @@ def _matrix_entries(suite: Suite) -> list[tuple[str, dict[str, Any]]]:
         for key, value in combo.items():
             _set_dotted(job, key, value)
         job["name"] = _render_name(matrix.name, combo)
-        entries.append((f"matrix {combo}", job))
+        entries.append((f"matrix {excerpt(combo, 120)}", job))
     return entries
 
 
@@ -171,8 +303,8 @@ def _render_name(template: str, combo: dict[str, Any]) -> str:
         if key in short:
             return str(short[key])
         raise UserError(
-            f"matrix name template {template!r} names {{{key}}}, which is not an axis "
-            f"(axes: {', '.join(combo)}). Fix: use an axis name."
+            f"matrix name template {excerpt(template)} names {{{clip(key)}}}, which is not an axis "
+            f"(axes: {', '.join(clip(k) for k in combo)}). Fix: use an axis name."
         )
 
     return _TEMPLATE.sub(value, template)
@@ -181,23 +313,32 @@ def _render_name(template: str, combo: dict[str, Any]) -> str:
 def _format_errors(path: Path, where: str, error: ValidationError, model: type[BaseModel]) -> str:
     """One message for all of pydantic's complaints, each with its place and fix."""
     lines = []
-    for item in error.errors():
-        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
+    items = error.errors()
+    for item in items[:MAX_PROBLEMS]:
+        loc = ".".join(_place(p) for p in item["loc"]) or "(top level)"
         kind = item["type"]
         if kind == "extra_forbidden":
             field = str(item["loc"][-1])
             known = _fields_at(model, item["loc"][:-1])
             close = difflib.get_close_matches(field, known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
-            lines.append(f"{loc}: unknown key {field!r}; {hint}")
+            lines.append(f"{loc}: unknown key {excerpt(field)}; {hint}")
         elif kind == "missing":
             lines.append(f"{loc}: required but missing. Fix: add it.")
         else:
             msg = item["msg"].removeprefix("Value error, ")
-            got = "" if kind.startswith("value_error") else f" (got {item.get('input')!r})"
+            got = "" if kind.startswith("value_error") else f" (got {excerpt(item.get('input'))})"
             lines.append(f"{loc}: {msg}{got}")
+    if len(items) > MAX_PROBLEMS:
+        lines.append(f"... and {len(items) - MAX_PROBLEMS} more problem(s) of the same kind")
     head = f"{path}: {where} is invalid" + (":" if len(lines) > 1 else ": ")
     return head + ("\n  " + "\n  ".join(lines) if len(lines) > 1 else lines[0])
+
+
+def _place(part: Any) -> str:
+    """One part of an error's location: a key of the user's is cut short and its control characters escaped."""
+    text = str(part)
+    return text if isinstance(part, int) or _PLAIN_KEY.fullmatch(text) else clip(text, 40)
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from runner.errors import UserError
-from runner.store.layout import JobPaths, write_json
+from runner.store.layout import JobPaths, link_refusal, write_json
 from runner.train import data
 from runner.train import frameworks as trainers
 from runner.train.common import TrainContext, log
@@ -27,6 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, required=True, help="dataset and weights cache")
     args = parser.parse_args(argv)
     paths = JobPaths(args.job_dir)
+    # The driver checked the folder against the results root; here, where the files are written (a
+    # container sees only its mounts), nothing under the job folder may lead out of it.
+    linked = link_refusal(paths.dir, paths.dir)
+    if linked:
+        print(f"error: {linked}", flush=True)
+        return 2
     spec_file = paths.read_spec()
     if spec_file is None:
         print(f"error: {paths.spec} is missing or invalid; the driver writes it before starting a run", flush=True)
