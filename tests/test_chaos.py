@@ -14,7 +14,7 @@ def test_kills_of_a_worker_a_container_and_the_driver_lose_nothing(tmp_path: Pat
     if not docker and os.environ.get("REQUIRE_DOCKER"):
         pytest.fail("REQUIRE_DOCKER is set but Docker or the torch image is not available")
     order = ["worker", *(["container"] if docker else []), "driver-kill", "driver-term"]
-    figures, problems = chaos(tmp_path, kills=len(order), jobs=2, epochs=3, seed=7, docker=docker, order=order)
+    figures, problems = chaos(tmp_path, kills=len(order), jobs=2, epochs=2, seed=7, docker=docker, order=order)
     print(f"kills {dict(figures.kills)}, restarts {figures.restarts}, exits {figures.exits}, {figures.wall_s:.0f} s")
     assert problems == []
     assert sum(figures.kills.values()) == len(order) and figures.restarts >= 2

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 MARK = "GRIDRUN_RUN_MARK"  # in the environment of every process a driver starts: <run id>
-GRACE_S = 5.0  # an orderly exit (ray.shutdown, a container's own removal) needs no help: wait that long first
+GRACE_S = 1.0  # the pipe closes once the guarded process has exited: its own clean-up (ray.shutdown) is over
 TERM_S = 5.0
 
 
