@@ -81,3 +81,10 @@ def s3server_auth() -> Iterator[S3Server]:
     """A second server that checks credentials: any access key it was not given is refused."""
     with running_s3_server(auth=True) as server:
         yield server
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The long tests first (those that train, start containers or clusters), in file order: the two xdist
+    workers then finish together, instead of one waiting idle on the other's last long test."""
+    long = ("slow", "docker", "cluster", "tensorflow")
+    items.sort(key=lambda item: 0 if any(item.get_closest_marker(m) for m in long) else 1)
