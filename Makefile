@@ -23,7 +23,7 @@ run-all: setup
 # Every test: real Ray clusters, Docker, an S3 API, TensorBoard, Chromium; two at a time (xdist).
 TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) --durations=30 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) --dist worksteal --durations=30 $(PYTEST_ARGS)
 
 # The quick loop while editing: no model training for minutes, no containers, no multi-node clusters.
 test-fast: setup

@@ -60,6 +60,7 @@ class Figures:
     wall_s: float = 0.0
     expect_exit: int | None = None  # the exit code a driver signalled must end with
     wrong_exits: list[str] = field(default_factory=list)
+    interrupted: int = 0  # jobs seen interrupted after a driver's SIGKILL
 
 
 def start(suite: Path, results: Path, cache: Path, log) -> subprocess.Popen:
@@ -178,11 +179,28 @@ def chaos(
                 break
             if code == 2 or len(figures.exits) > kills + 5:  # a refused suite, or no end in sight
                 break
+            if code == -signal.SIGKILL:
+                check_interrupted(results, figures)
             figures.restarts += 1
             say(f"  driver exited {code}; restart {figures.restarts}")
             driver = start(suite, results, cache, log)
     figures.wall_s = time.monotonic() - t0
     return figures, verify(results, jobs, epochs, figures)
+
+
+def check_interrupted(results: Path, figures: Figures) -> None:
+    """After a driver's SIGKILL: the jobs it was training read as interrupted (or succeeded, when their result
+    was written), each with its epoch and the dead driver named; none reads running."""
+    for job in ResultsStore.open(results).suite(SUITE).jobs():
+        seen = job.read_status_seen()
+        if seen is None:
+            continue
+        if seen.state.value in ("queued", "running"):
+            figures.wrong_exits.append(f"{job.name} reads {seen.state.value} after its driver was killed")
+        elif seen.state.value == "interrupted":
+            figures.interrupted += 1
+            if "its driver (pid" not in seen.reason or not ("after epoch" in seen.reason or "before" in seen.reason):
+                figures.wrong_exits.append(f"{job.name}: interrupted without its epoch or driver: {seen.reason}")
 
 
 def verify(results: Path, jobs: int, epochs: int, figures: Figures) -> list[str]:
@@ -204,6 +222,9 @@ def verify(results: Path, jobs: int, epochs: int, figures: Figures) -> list[str]
         done = [ln for ln in job.log_text().splitlines() if ln.startswith("done: test accuracy")]
         if len(done) != 1:
             problems.append(f"{job.name}: finished {len(done)} times (want exactly once)")
+    redone = epochs_trained(results) - jobs * epochs
+    if redone > sum(figures.kills.values()):  # a kill loses at most the epoch in progress: the rest resumes
+        problems.append(f"{redone} epochs trained again for {sum(figures.kills.values())} kills: resumption failed")
     deadline = time.monotonic() + 30  # the watchdogs sweep a few seconds after their driver is gone
     while time.monotonic() < deadline and (left := [p for r in figures.run_ids for p in marked(r)]):
         time.sleep(0.5)

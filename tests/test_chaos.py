@@ -18,3 +18,4 @@ def test_kills_of_a_worker_a_container_and_the_driver_lose_nothing(tmp_path: Pat
     print(f"kills {dict(figures.kills)}, restarts {figures.restarts}, exits {figures.exits}, {figures.wall_s:.0f} s")
     assert problems == []
     assert sum(figures.kills.values()) == len(order) and figures.restarts >= 2
+    assert figures.interrupted >= 1, "the SIGKILLed driver's running job was never seen interrupted"

@@ -224,33 +224,6 @@ def test_ctrl_c_sigterm_and_sighup_stop_training_at_once_and_leave_nothing_runni
 
 
 @pytest.mark.slow
-def test_a_killed_driver_leaves_nothing_its_jobs_read_interrupted_and_the_next_run_resumes(tmp_path: Path) -> None:
-    suite = write_suite(tmp_path, epochs=6)
-    driver = start(tmp_path, suite)
-    try:
-        wait_for_epoch(tmp_path, driver, 2)
-        run = run_id(tmp_path)
-        driver.kill()  # SIGKILL: the driver does nothing more, its watchdog does the rest
-        driver.wait()
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    assert left_behind(run) == [], "Ray's processes, agents or the worker outlived the driver"
-    last = epoch(tmp_path)
-    shown = gridrun("status", str(tmp_path / "results"))
-    assert shown.returncode == 0, shown.stderr
-    assert "interrupted" in shown.stdout and f"after epoch {last} of 6" in shown.stdout, shown.stdout
-    assert f"pid {driver.pid} on" in shown.stdout, shown.stdout
-    again = gridrun("run", str(suite), "--results", str(tmp_path / "results"), "--cache", str(tmp_path / "cache"))
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "resume after interrupted" in again.stdout, again.stdout  # the plan it printed
-    result = json.loads((job_dir(tmp_path) / "result.json").read_text())
-    assert len(result["epochs"]) == 6 and result["resumed_from_epoch"] == last + 1
-    status = json.loads((job_dir(tmp_path) / "status.json").read_text())
-    assert status["state"] == "succeeded" and status["attempts"] == 2
-
-
-@pytest.mark.slow
 def test_a_changed_spec_keeps_the_earlier_result_and_a_result_written_before_its_driver_died_counts(
     tmp_path: Path,
 ) -> None:
