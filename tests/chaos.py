@@ -158,7 +158,7 @@ def chaos(
                 started = time.monotonic() + 60
                 while time.monotonic() < started and driver.poll() is None and not workers(run_ids(results)):
                     time.sleep(0.2)
-                deadline = time.monotonic() + rng.uniform(1, 8)
+                deadline = time.monotonic() + rng.uniform(1, 3 if order else 8)
                 while time.monotonic() < deadline and driver.poll() is None:
                     time.sleep(0.2)
                 done = sum(figures.kills.values())
