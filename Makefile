@@ -33,7 +33,7 @@ test-fast: setup
 # exactly once, whole, with nothing left running, and print the figures. KILLS, JOBS, EPOCHS, SEED tune it.
 KILLS ?= 12
 JOBS ?= 4
-EPOCHS ?= 4
+EPOCHS ?= 10
 SEED ?= 1
 chaos: setup
 	$(BIN)/python tests/chaos.py --kills $(KILLS) --jobs $(JOBS) --epochs $(EPOCHS) --seed $(SEED) --baseline
