@@ -19,6 +19,18 @@ from schemas import JobSpec, SpecFile
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = "results with 'quotes' and spaces"
 
+# A small valid suite, for tests that spoil one part of it.
+GOOD = """\
+suite: s
+defaults:
+  dataset: {name: digits, image_size: 64}
+  resources: {gpus: 0, cpus: 1}
+jobs:
+  - name: a
+    framework: torch
+    model: {arch: alexnet}
+"""
+
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Deep merge: mappings merge key by key, anything else replaces."""
@@ -145,3 +157,21 @@ def resume_and_check(paths: JobPaths, cache: Path, k: int, epochs: int) -> None:
     assert result.resumed_from_epoch == k + 1
     # TensorBoard holds each epoch once, across the killed run's events and the resumed one's.
     assert [s for s, _ in scalars(paths.tb)[TAGS["val_accuracy"]]] == list(range(1, epochs + 1))
+
+
+def descendants(root: int) -> list[int]:
+    """`root` and every process below it (Linux: read from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out

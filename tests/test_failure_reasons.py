@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from jobhelp import descendants
 
 from runner.store.layout import JobPaths
 
@@ -32,24 +33,13 @@ jobs:
 
 def _worker_of(root: int, job_dir: Path) -> int | None:
     """The pid of the training worker of `job_dir` among the descendants of `root`."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    todo = [root]
-    while todo:
-        pid = todo.pop()
+    for pid in descendants(root):
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
-            argv = []
+            continue
         if b"runner.train.worker" in argv and str(job_dir).encode() in argv:
             return pid
-        todo.extend(children.get(pid, []))
     return None
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, gridrun
-from jobhelp import make_job, run_worker
+from jobhelp import GOOD, make_job, run_worker
 
 from runner.errors import UserError
 from runner.plan import make_plan
@@ -23,17 +23,6 @@ from runner.plan.nodes import Node
 from runner.prepare import Preparer
 from runner.store import ResultsStore
 from runner.suite import MAX_SUITE_BYTES, MAX_YAML_DEPTH, MAX_YAML_NODES, load_suite
-
-GOOD = """\
-suite: s
-defaults:
-  dataset: {name: digits, image_size: 64}
-  resources: {gpus: 0, cpus: 1}
-jobs:
-  - name: a
-    framework: torch
-    model: {arch: alexnet}
-"""
 
 # One job, one epoch of digits at 64 px: a run that would write within seconds, were it let.
 TINY = """\

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, gridrun
+from jobhelp import descendants
 
 from runner.schedule import cluster
 
@@ -67,24 +68,6 @@ def _listening() -> dict[int, tuple[str, int]]:
                 if fields[3] == "0A":  # TCP_LISTEN
                     found[int(fields[9])] = _address(fields[1])
     return found
-
-
-def _tree(root: int) -> list[int]:
-    """`root` and all its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
 
 
 def _sockets_of(pid: int) -> set[int]:
@@ -144,7 +127,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             listening = _listening()
             sockets = [
                 (pid, _name(pid), *listening[inode])
-                for pid in _tree(pids["driver"])
+                for pid in descendants(pids["driver"])
                 for inode in _sockets_of(pid)
                 if inode in listening
             ]

@@ -4,22 +4,12 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, gridrun
+from jobhelp import GOOD
 
 from runner.errors import UserError
 from runner.suite import load_suite
 
 JOB_FILES = sorted((REPO / "jobs").glob("*.yaml"))
-
-GOOD = """\
-suite: s
-defaults:
-  dataset: {name: digits, image_size: 64}
-  resources: {gpus: 0, cpus: 1}
-jobs:
-  - name: a
-    framework: torch
-    model: {arch: alexnet}
-"""
 
 
 @pytest.mark.parametrize("path", JOB_FILES, ids=lambda p: p.name)

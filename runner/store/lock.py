@@ -100,7 +100,7 @@ class SuiteLock:
     def _try_local(self, folder: Path) -> bool:
         if not self._made:  # the folders this lock creates, removed again if the run writes nothing in them
             missing = [folder, *folder.parents]
-            self._made = [p for p in missing[: next(i for i, p in enumerate(missing) if p.exists())]]
+            self._made = missing[: next(i for i, p in enumerate(missing) if p.exists())]
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / LOCK
         if path.is_symlink():
