@@ -5,7 +5,7 @@ import json
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from schemas.base import PlainText, Problems, SafeName, Strict, clip, excerpt
 from schemas.registry import (
@@ -14,18 +14,29 @@ from schemas.registry import (
     DATASETS,
     EXECUTORS,
     FRAMEWORKS,
+    ZOOS,
     Parameters,
     Registered,
     framework_of_file,
+    model_ref,
     plain,
     weights_suffixes,
     with_hidden_layers,
     with_imagenet,
+    zoos_of,
 )
 
 # Names declared in schemas.registry, checked against it whenever a spec is validated.
 FrameworkName = Annotated[str, Registered(FRAMEWORKS, "framework")]
-ArchName = Annotated[str, Registered(ARCHS, "architecture")]
+
+
+def _model_name(value: str) -> str:
+    model_ref(value)  # raises ValueError with the fix
+    return value
+
+
+# A twin of ARCHS, <zoo>.<name> or <module>:<function>; the library's own names are checked by runner.plan.models.
+ArchName = Annotated[str, AfterValidator(_model_name)]
 DatasetName = Annotated[str, Registered(DATASETS, "dataset")]
 ExecutorName = Annotated[str, Registered(EXECUTORS, "executor", extra=(AUTO_EXECUTOR,))]
 
@@ -105,7 +116,11 @@ class DatasetSpec(Strict):
 class ModelSpec(Strict):
     """Architecture, initial weights and head."""
 
-    arch: ArchName = Field(description=f"Architecture: {plain(list(ARCHS))}.")
+    arch: ArchName = Field(
+        description=f"Model: {plain(list(ARCHS))} (the same network in every framework), "
+        f"{plain([f'{z}.<name>' for z in ZOOS])} (that library's model with a new head), or <module>:<function> "
+        "from the suite's code: folder."
+    )
     weights: PlainText = Field(
         "none", description="Initial weights: none (random), imagenet, or a path to a weights file."
     )
@@ -117,8 +132,8 @@ class ModelSpec(Strict):
         None,
         ge=8,
         le=MAX_WIDTH,
-        description=f"Width of the hidden dense layers of the classifier ({'/'.join(with_hidden_layers())}; "
-        "default: torchvision's, 4096).",
+        description=f"Width of the hidden dense layers of the classifier ({'/'.join(with_hidden_layers())}, and "
+        "zoo models whose classifier has hidden dense layers; default: the library's).",
     )
     dropout: float = Field(0.5, ge=0, lt=1, description="Dropout rate in the classifier.")
 
@@ -132,7 +147,15 @@ class ModelSpec(Strict):
                 f"(a path ending in {', '.join(weights_suffixes())})",
                 self.weights,
             )
-        if self.classifier_width is not None and ARCHS[self.arch].default_width is None:
+        ref = model_ref(self.arch)
+        if ref.kind == "user" and self.classifier_width is not None:
+            problems.add(
+                "classifier_width",
+                f"classifier_width does not apply to {self.arch}: your function builds its own layers. "
+                "Fix: remove classifier_width and set the width in your code",
+                self.classifier_width,
+            )
+        elif ref.twin and self.classifier_width is not None and ARCHS[self.arch].default_width is None:
             problems.add(
                 "classifier_width",
                 f"classifier_width applies to {plain(with_hidden_layers(), 'and')}; {self.arch} has a single "
@@ -146,8 +169,16 @@ class ModelSpec(Strict):
     def pretrained(self) -> bool:
         return self.weights != "none"
 
-    def parameters(self, classes: int) -> Parameters:
-        """Total and trainable parameters of this model with a `classes` head, by arithmetic (no framework)."""
+    @property
+    def twin(self) -> bool:
+        """One of gridrun's own architectures: the same network in every framework."""
+        return model_ref(self.arch).twin
+
+    def parameters(self, classes: int) -> Parameters | None:
+        """Total and trainable parameters with a `classes` head, by arithmetic for a twin (no framework);
+        None for a zoo or user model, which only its library can count (runner.plan.models asks it)."""
+        if not self.twin:
+            return None
         return ARCHS[self.arch].count(classes, self.classifier_width, self.freeze_backbone)
 
 
@@ -269,7 +300,17 @@ class JobSpec(Strict):
     @model_validator(mode="after")
     def _check(self) -> "JobSpec":
         problems = Problems(self)
-        low = ARCHS[self.model.arch].min_image_size
+        ref = model_ref(self.model.arch)
+        if ref.zoo is not None and ref.zoo.framework != self.framework:
+            own = plain([f"{z.prefix}.<name>" for z in zoos_of(self.framework)])
+            problems.add(
+                "model.arch",
+                f"{self.model.arch} is a {ref.zoo.display} model, which trains in "
+                f"{ref.zoo.framework}, not {self.framework}. Fix: framework: {ref.zoo.framework}, or a "
+                f"{self.framework} model ({plain(list(ARCHS))}, {own} or <module>:<function>)",
+                self.model.arch,
+            )
+        low = ARCHS[self.model.arch].min_image_size if ref.twin else 0
         if self.dataset.image_size < low:
             problems.add(
                 "dataset.image_size",
@@ -290,7 +331,15 @@ class JobSpec(Strict):
     def _check_weights(self, problems: Problems) -> None:
         """ImageNet weights this framework has for the arch; a weights file of this framework's kind."""
         weights, arch, framework = self.model.weights, self.model.arch, FRAMEWORKS[self.framework]
-        if weights == "imagenet" and self.framework not in ARCHS[arch].imagenet:
+        kind = model_ref(arch).kind
+        if weights == "imagenet" and kind == "user":
+            problems.add(
+                "model.weights",
+                f"{arch} is your own model: gridrun has no ImageNet weights for it. Fix: weights: <path to a "
+                "weights file> (your function gets its path), or weights: none",
+                weights,
+            )
+        elif weights == "imagenet" and kind == "twin" and self.framework not in ARCHS[arch].imagenet:
             offered = ", ".join(with_imagenet(self.framework)) or "none"
             problems.add(
                 "model.weights",

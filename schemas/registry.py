@@ -18,6 +18,7 @@ tests/test_registry.py checks that every entry's code exists and agrees with its
 """
 
 import difflib
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -25,7 +26,7 @@ from typing import Any, NamedTuple
 from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
 from pydantic_core import core_schema
 
-from schemas.base import excerpt
+from schemas.base import clip, excerpt
 
 # --- frameworks --------------------------------------------------------------------------------------
 
@@ -237,6 +238,118 @@ def with_hidden_layers() -> list[str]:
 def with_imagenet(framework: str) -> list[str]:
     """The architectures with ImageNet weights for `framework`."""
     return [a.name for a in ARCHS.values() if framework in a.imagenet]
+
+
+# --- model libraries ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Zoo:
+    """A library of ready-made models a spec names as `<prefix>.<name>`: the library's own network with a
+    fresh head for the dataset's classes. Its names, parameter counts and weights are the library's, read
+    by runner.train.probe in a child process (the driver imports no framework)."""
+
+    prefix: str  # model.arch: <prefix>.<name>
+    display: str  # as messages and the report say it
+    framework: str  # the one framework that can train it
+    description: str
+    package: str  # the module that must be importable where it is built
+    builder: str  # module with names(), build(...) and fetch(...), in runner.train
+    weights_suffix: str  # the suffix of its ImageNet weights in the cache
+    weights_host: str  # where those download from (a plan checks that it is reachable)
+    example: str  # a name, for messages
+
+
+ZOOS: dict[str, Zoo] = {
+    z.prefix: z
+    for z in (
+        Zoo(
+            "torchvision",
+            "torchvision",
+            "torch",
+            "torchvision.models' classification models (torchvision.models.list_models())",
+            package="torchvision",
+            builder="runner.train.torch_zoo",
+            weights_suffix=".pth",
+            weights_host="https://download.pytorch.org/models/",
+            example="torchvision.resnet50",
+        ),
+        Zoo(
+            "timm",
+            "timm",
+            "torch",
+            "PyTorch Image Models (timm.list_models()); a pretrained tag may follow: timm.resnet50.a1_in1k",
+            package="timm",
+            builder="runner.train.torch_zoo",
+            weights_suffix=".pth",
+            weights_host="https://huggingface.co/",
+            example="timm.convnext_tiny",
+        ),
+        Zoo(
+            "keras",
+            "keras.applications",
+            "tensorflow",
+            "keras.applications' models",
+            package="keras",
+            builder="runner.train.keras_zoo",
+            weights_suffix=".weights.h5",
+            weights_host="https://storage.googleapis.com/tensorflow/keras-applications/",
+            example="keras.ResNet50",
+        ),
+    )
+}
+
+# `<module>:<function>`: the user's own model or dataset, from the suite's code: folder.
+USER_REF = re.compile(r"[A-Za-z_]\w{0,99}(\.[A-Za-z_]\w{0,99}){0,9}:[A-Za-z_]\w{0,99}")
+# A zoo's model name; timm's may carry a pretrained tag after a dot (resnet50.a1_in1k).
+_ZOO_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+class ModelRef(NamedTuple):
+    """What `model.arch` names: a twin of ARCHS, a zoo's model, or the user's `module:function`."""
+
+    kind: str  # "twin", "zoo" or "user"
+    name: str  # the twin, the library's own name (resnet50), or module:function
+    zoo: Zoo | None = None
+
+    @property
+    def twin(self) -> bool:
+        return self.kind == "twin"
+
+
+def model_ref(arch: str) -> ModelRef:
+    """Parse a `model.arch`; ValueError with the fix when it names nothing gridrun can build."""
+    if ":" in arch:
+        if not USER_REF.fullmatch(arch):
+            raise ValueError(
+                f"model {excerpt(arch)} is not <module>:<function>: use a Python module path and a function "
+                "name, e.g. mynets:build (the module lives in the suite's code: folder)"
+            )
+        return ModelRef("user", arch)
+    if "." in arch:
+        prefix, name = arch.split(".", 1)
+        if prefix not in ZOOS:
+            close = difflib.get_close_matches(prefix, list(ZOOS), n=1)
+            hint = f" (did you mean {close[0]}.{clip(name, 60)}?)" if close else ""
+            raise ValueError(
+                f"unknown model library {excerpt(prefix)}{hint}: use {plain([f'{z}.<name>' for z in ZOOS])}, "
+                f"a gridrun architecture ({plain(list(ARCHS))}) or <module>:<function>"
+            )
+        if not _ZOO_NAME.fullmatch(name):
+            raise ValueError(f"model {excerpt(arch)} is not a {prefix} model name, e.g. {ZOOS[prefix].example}")
+        return ModelRef("zoo", name, ZOOS[prefix])
+    if arch in ARCHS:
+        return ModelRef("twin", arch)
+    close = difflib.get_close_matches(arch, list(ARCHS), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(
+        f"unknown architecture {excerpt(arch)}{hint}: use {quoted(list(ARCHS))} (the same network in every "
+        f"framework), {plain([f'{z}.<name>' for z in ZOOS])}, or <module>:<function> of your own"
+    )
+
+
+def zoos_of(framework: str) -> list[Zoo]:
+    return [z for z in ZOOS.values() if z.framework == framework]
 
 
 # --- datasets ----------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from runner.train import keras_zoo
 from runner.train.common import IMAGENET_MEAN, IMAGENET_STD
 from schemas import ModelSpec
 from schemas.registry import ARCHS as DECLARED
@@ -158,15 +159,18 @@ class Preprocess(keras.layers.Layer):
     a gather of two neighbours, so no affine warp of the full image is needed.
     """
 
-    def __init__(self, size: int, caffe: bool = False, **kwargs) -> None:
+    def __init__(self, size: int, caffe: bool = False, raw: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.size = size
         self.caffe = caffe
+        self.raw = raw  # 0-255 RGB out: a keras.applications model's own preprocess_input follows
 
     def call(self, inputs):
         images, shift, flip = inputs
         x = tf.cast(images, tf.float32)
-        if self.caffe:
+        if self.raw:
+            pass
+        elif self.caffe:
             x = x[..., ::-1] - tf.constant(CAFFE_BGR_MEAN, tf.float32)
         else:
             mean = tf.constant(IMAGENET_MEAN, tf.float32) * 255
@@ -183,7 +187,7 @@ class Preprocess(keras.layers.Layer):
         return (input_shape[0][0], self.size, self.size, 3)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "size": self.size, "caffe": self.caffe}
+        return {**super().get_config(), "size": self.size, "caffe": self.caffe, "raw": self.raw}
 
 
 # --- architectures ---------------------------------------------------------------------------------
@@ -307,7 +311,7 @@ ARCHS: dict[str, KerasArch] = {
 
 def caffe_preprocessing(spec: ModelSpec) -> bool:
     """True where the weights are keras.applications' ImageNet weights, trained on caffe-style input."""
-    if not ARCHS[spec.arch].caffe_weights:
+    if not spec.twin or not ARCHS[spec.arch].caffe_weights:
         return False
     if spec.weights == "imagenet":
         return True
@@ -325,8 +329,15 @@ def is_legacy_h5(path: Path) -> bool:
         return False
 
 
-def build(spec: ModelSpec, num_classes: int, image_size: int, source: tuple[int, int] | None = None) -> keras.Model:
-    """The whole model with random weights (call keras.utils.set_random_seed first).
+def build(
+    spec: ModelSpec,
+    num_classes: int,
+    image_size: int,
+    source: tuple[int, int] | None = None,
+    zoo: "keras_zoo.Built | None" = None,
+) -> keras.Model:
+    """The whole model with random weights (call keras.utils.set_random_seed first); a zoo or user
+    model comes built (`zoo`, from keras_zoo.build) and is wired after the same input pipeline.
 
     Inputs: uint8 images of `source` (h, w) (default: already image_size), int32 shifts (B, 2),
     bool flips (B,). Output: logits (B, num_classes).
@@ -335,11 +346,22 @@ def build(spec: ModelSpec, num_classes: int, image_size: int, source: tuple[int,
     images = keras.Input((h, w, 3), dtype="uint8", name="images")
     shift = keras.Input((2,), dtype="int32", name="shift")
     flip = keras.Input((), dtype="bool", name="flip")
-    x = Preprocess(image_size, caffe=caffe_preprocessing(spec), dtype="float32", name="preprocess")(
+    application = zoo is not None and zoo.preprocess == "application"
+    x = Preprocess(image_size, caffe=caffe_preprocessing(spec), raw=application, dtype="float32", name="preprocess")(
         [images, shift, flip]
     )
-    logits = ARCHS[spec.arch].network(x, spec, num_classes, image_size)
-    return keras.Model([images, shift, flip], logits, name=spec.arch)
+    if zoo is None:
+        logits = ARCHS[spec.arch].network(x, spec, num_classes, image_size)
+    else:
+        if application:
+            x = keras_zoo.ApplicationInput(spec.arch.split(".", 1)[1], name="application_input")(x)
+        logits = zoo.model(x)
+    return keras.Model([images, shift, flip], logits, name=keras_name(spec.arch))
+
+
+def keras_name(arch: str) -> str:
+    """A model name Keras takes (letters, digits, '_' and '-'): module:function and dotted names are not."""
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in arch)
 
 
 def backbone(model: keras.Model) -> keras.Model:

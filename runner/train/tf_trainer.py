@@ -27,7 +27,7 @@ from keras import ops
 
 from runner.errors import UserError
 from runner.store.layout import atomic_path
-from runner.train import tf_models
+from runner.train import keras_zoo, tf_models
 from runner.train.common import (
     History,
     TrainContext,
@@ -36,8 +36,9 @@ from runner.train.common import (
     environment,
 )
 from runner.train.epochs import run_epochs
-from runner.train.weights import imagenet_source, weights_file
+from runner.train.weights import imagenet_source, weights_file, zoo_weights_missing
 from schemas import AugmentSpec, JobSpec, OptimizerSpec, RunResult, TrainSpec
+from schemas.registry import model_ref
 
 # PyTorch's defaults for what the spec does not set, so both frameworks train alike.
 ADAM_BETA2, ADAM_EPS = 0.999, 1e-8  # torch.optim.Adam(W); Keras' epsilon is 1e-7
@@ -240,6 +241,8 @@ def initial_weights_path(spec: JobSpec, cache: Path) -> Path | None:
         return None
     arch = spec.model.arch
     if not path.is_file():
+        if spec.model.weights == "imagenet" and not spec.model.twin:
+            raise UserError(zoo_weights_missing(arch, path))
         if spec.model.weights == "imagenet":
             source = imagenet_source(spec.framework, arch)
             raise UserError(
@@ -337,13 +340,27 @@ class Run:
         self.optimizer = make_optimizer(spec.train, self.steps_per_epoch)
 
         keras.utils.set_random_seed(spec.train.seed)
-        self.model = tf_models.build(spec.model, s.num_classes, spec.dataset.image_size, s.train_x.shape[1:3])
-        if weights is not None:
-            load_initial_weights(self.model, spec, weights, ctx.log)
-        if spec.model.freeze_backbone:
-            tf_models.freeze_backbone(self.model)
+        if spec.model.twin:
+            self.model = tf_models.build(spec.model, s.num_classes, spec.dataset.image_size, s.train_x.shape[1:3])
+            if weights is not None:
+                load_initial_weights(self.model, spec, weights, ctx.log)
+            if spec.model.freeze_backbone:
+                tf_models.freeze_backbone(self.model)
+        else:
+            zoo = keras_zoo.build(spec.model, s.num_classes, spec.dataset.image_size, weights)
+            for note in zoo.notes:
+                ctx.log(note)
+            if spec.model.freeze_backbone:
+                keras_zoo.freeze(zoo.model, zoo.head)
+            self.model = tf_models.build(
+                spec.model, s.num_classes, spec.dataset.image_size, s.train_x.shape[1:3], zoo=zoo
+            )
         self.trainable, self.total = tf_models.parameter_counts(self.model)
         self.caffe = tf_models.caffe_preprocessing(spec.model)
+        if not spec.model.twin and model_ref(spec.model.arch).zoo is not None:
+            self.input_note = f"keras.applications {spec.model.arch.split('.', 1)[1]} preprocess_input"
+        else:
+            self.input_note = "keras vgg16 preprocess_input (caffe)" if self.caffe else "ImageNet mean/std"
         self.variables = self.model.trainable_variables
 
         # Full batches only, as in the torch trainer: the last partial one is dropped (a fresh one each
@@ -468,7 +485,7 @@ class Run:
             f"tensorflow {tf.__version__} (keras {keras.__version__}) on {self.device} ({self.device_name}), "
             f"bf16 {'on' if self.bf16 else 'off'}, XLA {'on' if spec.train.compile else 'off'}, "
             f"{self.trainable:,} trainable of {self.total:,} parameters, {self.steps_per_epoch} steps/epoch, "
-            f"input {'keras vgg16 preprocess_input (caffe)' if self.caffe else 'ImageNet mean/std'}"
+            f"input {self.input_note}"
         )
         test_preds = run_epochs(ctx, self.history, start, self.train_epoch, self.predict, self.save)
         cm = confusion_matrix(self.labels["test"], test_preds, ctx.splits.num_classes)

@@ -15,7 +15,8 @@ import torchvision
 from torch import nn
 
 from runner.errors import UserError
-from runner.train.weights import imagenet_source, weights_file
+from runner.train import torch_zoo
+from runner.train.weights import imagenet_source, weights_file, zoo_weights_missing
 from schemas import JobSpec, ModelSpec
 from schemas.registry import ARCHS as DECLARED
 
@@ -83,21 +84,35 @@ def _set_classifier_width(model: nn.Module, spec: ModelSpec, normal_init: bool) 
         model.classifier[i] = layer
 
 
+def make(spec: JobSpec, num_classes: int, cache: Path, log: Callable[[str], None]) -> "torch_zoo.Built":
+    """Any model a torch job names, its initial weights loaded and, under freeze_backbone, only its head
+    trainable: a twin (built here), or a zoo or user model (runner.train.torch_zoo)."""
+    if spec.model.twin:
+        model = build(spec.model, num_classes)
+        load_initial_weights(model, spec, cache, log)
+        width = spec.model.classifier_width or DECLARED[spec.model.arch].default_width
+        built = torch_zoo.Built(model, [head_name(spec.model.arch)], width)
+    else:
+        path = weights_file(spec, cache)
+        if spec.model.weights == "imagenet" and path is not None and not path.is_file():
+            raise UserError(zoo_weights_missing(spec.model.arch, path))
+        built = torch_zoo.build(spec.model, num_classes, path)
+        for note in built.notes:
+            log(note)
+    if spec.model.freeze_backbone:
+        torch_zoo.freeze(built.model, built.head)
+    return built
+
+
 def freeze_backbone(model: nn.Module, arch: str) -> None:
-    """Only the head keeps requires_grad."""
-    head = head_name(arch)
-    for name, param in model.named_parameters():
-        param.requires_grad = name.startswith(head + ".")
+    """Only the twin's head keeps requires_grad."""
+    torch_zoo.freeze(model, [head_name(arch)])
 
 
 def set_train_mode(model: nn.Module, arch: str, frozen: bool) -> None:
     """Train mode, but a frozen backbone stays in eval mode: its BatchNorm statistics must not drift
     (Keras does the same for layers with trainable=False, so both frameworks freeze alike)."""
-    model.train()
-    if frozen:
-        for name, child in model.named_children():
-            if name != head_name(arch):
-                child.eval()
+    torch_zoo.train_mode(model, [head_name(arch)], frozen)
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
@@ -141,17 +156,21 @@ def load_initial_weights(model: nn.Module, spec: JobSpec, cache: Path, log: Call
 
 
 def _read_state_dict(path: Path, spec: JobSpec) -> dict[str, torch.Tensor]:
-    """The tensors of a weights file: a plain state dict, or gridrun's own checkpoint {'model': ...}."""
-    if not path.is_file():
-        if spec.model.weights == "imagenet":
-            source = imagenet_source(spec.framework, spec.model.arch)
-            raise UserError(
-                f"ImageNet weights for torch {spec.model.arch} are not at {path}. Fix: let `gridrun run` "
-                f"download {source.url} into the cache on a machine with network, or copy that file to {path}."
-            )
+    if not path.is_file() and spec.model.weights == "imagenet":
+        source = imagenet_source(spec.framework, spec.model.arch)
         raise UserError(
-            f"weights file {path} does not exist. Fix: set model.weights to an existing .pth/.pt state dict "
-            "(an absolute path, as the worker sees it), or to none or imagenet."
+            f"ImageNet weights for torch {spec.model.arch} are not at {path}. Fix: let `gridrun run` "
+            f"download {source.url} into the cache on a machine with network, or copy that file to {path}."
+        )
+    return read_state_dict(path, f"torchvision {spec.model.arch}")
+
+
+def read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file for `what`: a plain state dict, or gridrun's own checkpoint {'model': ...}."""
+    if not path.is_file():
+        raise UserError(
+            f"weights file {path} for {what} does not exist. Fix: set model.weights to an existing .pth/.pt state "
+            "dict (an absolute path, as the worker sees it), or to none or imagenet."
         )
     try:
         # weights_only: a weights file is data, never code to unpickle.

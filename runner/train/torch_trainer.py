@@ -18,7 +18,7 @@ import torchvision
 from torch import nn
 
 from runner.store.layout import atomic_path
-from runner.train import torch_models
+from runner.train import torch_models, torch_zoo
 from runner.train.common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -59,12 +59,15 @@ def device_name(device: torch.device) -> str:
 class Pipeline:
     """uint8 NHWC images on the device -> normalised float NCHW batches of the model's input size."""
 
-    def __init__(self, spec: JobSpec, device: torch.device, channels_last: bool) -> None:
+    def __init__(
+        self, spec: JobSpec, device: torch.device, channels_last: bool, mean=IMAGENET_MEAN, std=IMAGENET_STD
+    ) -> None:
         self.size = spec.dataset.image_size
         self.augment = spec.train.augment
         self.channels_last = channels_last
-        self.mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-        self.std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+        # ImageNet's statistics unless the model's weights were trained on others (some timm models).
+        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1) * 255
 
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         # Normalising at the source resolution (e.g. 32 px) is cheaper than after the resize, and
@@ -185,10 +188,8 @@ class Run:
         self.bf16 = cuda and spec.train.mixed_precision and torch.cuda.is_bf16_supported()
 
         torch.manual_seed(spec.train.seed)
-        self.model = torch_models.build(spec.model, ctx.splits.num_classes)
-        torch_models.load_initial_weights(self.model, spec, ctx.cache, ctx.log)
-        if spec.model.freeze_backbone:
-            torch_models.freeze_backbone(self.model, spec.model.arch)
+        self.built = torch_models.make(spec, ctx.splits.num_classes, ctx.cache, ctx.log)
+        self.model = self.built.model
         self.trainable, self.total = torch_models.parameter_counts(self.model)
         self.model.to(self.device, memory_format=torch.channels_last if cuda else torch.preserve_format)
         self.net: nn.Module = self.model
@@ -204,7 +205,13 @@ class Run:
             name: (torch.from_numpy(np.ascontiguousarray(x)).to(self.device), torch.from_numpy(y).to(self.device))
             for name, x, y in (("train", s.train_x, s.train_y), ("val", s.val_x, s.val_y), ("test", s.test_x, s.test_y))
         }
-        self.pipeline = Pipeline(spec, self.device, channels_last=cuda)
+        self.pipeline = Pipeline(
+            spec,
+            self.device,
+            channels_last=cuda,
+            mean=self.built.mean or IMAGENET_MEAN,
+            std=self.built.std or IMAGENET_STD,
+        )
         n, bs = len(s.train_y), spec.train.batch_size
         # Full batches only (the last partial one is dropped): a batch of one breaks BatchNorm and
         # changing shapes would recompile; each epoch's permutation drops different images.
@@ -272,7 +279,7 @@ class Run:
         bs = self.spec.train.batch_size
         side = (x_all.shape[1], x_all.shape[2])
         perm, shift, flip = self.pipeline.epoch_randomness(len(y_all), side, self.spec.train.seed, epoch, self.device)
-        torch_models.set_train_mode(self.model, self.spec.model.arch, self.spec.model.freeze_backbone)
+        torch_zoo.train_mode(self.model, self.built.head, self.spec.model.freeze_backbone)
         # Sums stay on the device: reading them every step would stall the GPU.
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
