@@ -31,7 +31,12 @@ FrameworkName = Annotated[str, Registered(FRAMEWORKS, "framework")]
 
 
 def _model_name(value: str) -> str:
-    model_ref(value)  # raises ValueError with the fix
+    if model_ref(value).kind == "user":  # raises ValueError with the fix for a name that parses as nothing
+        raise ValueError(
+            f"model {excerpt(value)} is a <module>:<function> of your own: this version does not ship user models "
+            "yet (they need a suite code: folder). Fix: use a gridrun architecture or a zoo model (torchvision.<name>, "
+            "timm.<name>, keras.<Name>)"
+        )
     return value
 
 

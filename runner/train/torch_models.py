@@ -169,7 +169,7 @@ def read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     """The tensors of a weights file for `what`: a plain state dict, or gridrun's own checkpoint {'model': ...}."""
     if not path.is_file():
         raise UserError(
-            f"weights file {path} for {what} does not exist. Fix: set model.weights to an existing .pth/.pt state "
+            f"weights file {path} does not exist ({what}). Fix: set model.weights to an existing .pth/.pt state "
             "dict (an absolute path, as the worker sees it), or to none or imagenet."
         )
     try:
