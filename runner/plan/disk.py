@@ -40,9 +40,13 @@ def _classes(spec: JobSpec) -> int:
     return max(1, len(data.class_folders(root))) if ds.path and root.is_dir() else 10
 
 
-def need(spec: JobSpec) -> Need:
-    """The checkpoint bytes of one job (upper bound: BatchNorm buffers and metadata are left out)."""
-    total, trainable = spec.model.parameters(_classes(spec))
+def need(spec: JobSpec) -> Need | None:
+    """The checkpoint bytes of one job (upper bound: BatchNorm buffers and metadata are left out); None for
+    a zoo model, which only its library can count."""
+    counted = spec.model.parameters(_classes(spec))
+    if counted is None:
+        return None
+    total, trainable = counted
     opt = spec.train.optimizer
     slots = 2 if opt.name in ("adam", "adamw") else (1 if opt.momentum > 0 else 0)
     return Need(spec.name, FLOAT_BYTES * (total + slots * trainable), FLOAT_BYTES * total)
@@ -59,15 +63,18 @@ def free_bytes(folder: Path) -> int:
 def check(specs: list[JobSpec], results: Path | None) -> tuple[str, bool]:
     """A line for the plan (the checkpoints' size against the free space) and whether it is a warning.
     `results` is the local folder of the results, None on object storage (which has no free space to check)."""
-    if not specs:
+    needs = [n for n in (need(s) for s in specs) if n is not None]
+    if not needs:
         return "", False
-    needs = [need(s) for s in specs]
+    uncounted = len(specs) - len(needs)
     # Every job keeps its last and best; one rewrite of `last` at a time needs room for a second copy.
     total = sum(n.total for n in needs) + max(n.last for n in needs)
     line = (
         f"checkpoints: the {len(needs)} job(s) to run write up to {_gb(total)} "
         f"(largest: {max(needs, key=lambda n: n.total).job}, {_gb(max(n.total for n in needs))})"
     )
+    if uncounted:
+        line += f", besides {uncounted} zoo-model job(s) not sized here"
     if results is None:
         return line, False
     free = free_bytes(results)

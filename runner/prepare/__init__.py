@@ -181,6 +181,9 @@ class Preparer:
             return ""
         if spec.model.weights != "imagenet":
             return f"weights file {path} does not exist; fix: provide it there or change model.weights"
+        if not spec.model.twin:
+            # A zoo's weights come from its library, which only the worker's side imports: provided by hand.
+            return weights.zoo_weights_missing(spec.model.arch, path)
         source = weights.imagenet_source(spec.framework, spec.model.arch)
         key = f"weights:{path}"
         if key not in self._fetched:

@@ -62,7 +62,7 @@ def of_job(spec: JobSpec, cache: Path) -> list[Input]:
     missing ones are left out."""
     paths = [] if spec.dataset.path else data.input_files(spec.dataset, cache)
     if spec.model.weights == "imagenet":
-        paths.append(weights.imagenet_path(spec.framework, spec.model.arch, cache))
+        paths.append(weights.weights_file(spec, cache))
     root = Path(cache).resolve()
     out = []
     for path in paths:

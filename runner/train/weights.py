@@ -46,8 +46,8 @@ def zoo_weights_missing(arch: str, path: Path) -> str:
     ref = model_ref(arch)
     assert ref.zoo is not None
     return (
-        f"ImageNet weights for {arch} are not at {path}. Fix: let `gridrun run` fetch them into the cache on a "
-        f"machine with network, or save them there on one: {_SAVE[ref.zoo.prefix].format(name=ref.name)}; "
+        f"ImageNet weights for {arch} are not at {path}. Fix: save the library's own weights there, on a machine "
+        f"with network: {_SAVE[ref.zoo.prefix].format(name=ref.name)}; "
         "or use weights: none"
     )
 
