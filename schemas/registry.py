@@ -246,17 +246,14 @@ def with_imagenet(framework: str) -> list[str]:
 @dataclass(frozen=True)
 class Zoo:
     """A library of ready-made models a spec names as `<prefix>.<name>`: the library's own network with a
-    fresh head for the dataset's classes. Its names, parameter counts and weights are the library's, read
-    by runner.train.probe in a child process (the driver imports no framework)."""
+    fresh head for the dataset's classes, built by runner.train.torch_zoo or keras_zoo (the driver imports
+    no framework, so the library's own names are checked where the job is built)."""
 
     prefix: str  # model.arch: <prefix>.<name>
     display: str  # as messages and the report say it
     framework: str  # the one framework that can train it
     description: str
-    package: str  # the module that must be importable where it is built
-    builder: str  # module with names(), build(...) and fetch(...), in runner.train
     weights_suffix: str  # the suffix of its ImageNet weights in the cache
-    weights_host: str  # where those download from (a plan checks that it is reachable)
     example: str  # a name, for messages
 
 
@@ -268,10 +265,7 @@ ZOOS: dict[str, Zoo] = {
             "torchvision",
             "torch",
             "torchvision.models' classification models (torchvision.models.list_models())",
-            package="torchvision",
-            builder="runner.train.torch_zoo",
             weights_suffix=".pth",
-            weights_host="https://download.pytorch.org/models/",
             example="torchvision.resnet50",
         ),
         Zoo(
@@ -279,10 +273,7 @@ ZOOS: dict[str, Zoo] = {
             "timm",
             "torch",
             "PyTorch Image Models (timm.list_models()); a pretrained tag may follow: timm.resnet50.a1_in1k",
-            package="timm",
-            builder="runner.train.torch_zoo",
             weights_suffix=".pth",
-            weights_host="https://huggingface.co/",
             example="timm.convnext_tiny",
         ),
         Zoo(
@@ -290,10 +281,7 @@ ZOOS: dict[str, Zoo] = {
             "keras.applications",
             "tensorflow",
             "keras.applications' models",
-            package="keras",
-            builder="runner.train.keras_zoo",
             weights_suffix=".weights.h5",
-            weights_host="https://storage.googleapis.com/tensorflow/keras-applications/",
             example="keras.ResNet50",
         ),
     )

@@ -1,4 +1,4 @@
-"""keras.applications' models, and the user's own Keras models, for a TensorFlow job.
+"""keras.applications' models for a TensorFlow job.
 
 A zoo model is the library's own network, built with `include_top=True` and logits out
 (`classifier_activation=None`): with the dataset's classes when it starts from random weights; with
@@ -6,10 +6,6 @@ ImageNet's 1000, its ImageNet weights loaded, then a fresh final layer when it i
 input is what the application's own `preprocess_input` makes of 0-255 RGB images. The final layer is
 the last Dense or Conv2D (MobileNet's 1x1 "logits") with the classes' outputs; that layer and the hidden
 Dense layers classifier_width rebuilds are the head: what trains under freeze_backbone.
-
-A user model is `function(num_classes, weights_path_or_None)` from the suite's code: folder, returning a
-keras.Model that takes float32 images (batch, size, size, 3) normalised with ImageNet's mean and std
-and returns logits.
 """
 
 import inspect
@@ -36,7 +32,7 @@ class Built:
     model: keras.Model  # float images (B, size, size, 3) -> logits
     head: list[str]  # names of the layers that train under freeze_backbone
     hidden_width: int | None
-    preprocess: str  # "application": the application's preprocess_input on 0-255; "imagenet": mean/std
+    preprocess: str  # "application": the application's preprocess_input on 0-255 RGB
     notes: list[str] = field(default_factory=list)
 
 
@@ -163,8 +159,6 @@ def load_weights(model: keras.Model, path: Path, what: str) -> list[str]:
 def build(spec: ModelSpec, classes: int, image_size: int, weights: Path | None) -> Built:
     """The zoo or user model of `spec` with a `classes` head."""
     ref = model_ref(spec.arch)
-    if ref.kind == "user":
-        return _user(spec, classes, weights)
     if ref.name not in names():
         raise UserError(unknown_message(ref.name))
     notes: list[str] = []
@@ -218,21 +212,6 @@ def unknown_message(name: str) -> str:
     close = difflib.get_close_matches(name, names(), n=3)
     hint = f" (did you mean {', '.join(f'keras.{c}' for c in close)}?)" if close else ""
     return f"keras.applications has no model {name!r}{hint}. Fix: `gridrun models --framework tensorflow` lists them"
-
-
-def _user(spec: ModelSpec, classes: int, weights: Path | None) -> Built:
-    from runner.train.usercode import call_user, load_callable
-
-    fn = load_callable(spec.arch, "model")
-    model = call_user(fn, spec.arch, "model", classes, str(weights) if weights is not None else None)
-    if not isinstance(model, keras.Model):
-        raise UserError(
-            f"model {spec.arch} returned a {type(model).__name__}, not a keras.Model. Fix: make "
-            f"{spec.arch.split(':')[1]}(num_classes, weights_path) return a keras.Model for a tensorflow job"
-        )
-    with_weights = [layer for layer in model.layers if layer.weights]
-    head = [with_weights[-1].name] if with_weights else []
-    return Built(model, head, None, "imagenet", [f"model: {spec.arch}, head {', '.join(head) or 'none'}"])
 
 
 def freeze(model: keras.Model, head: list[str]) -> None:

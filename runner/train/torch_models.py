@@ -139,13 +139,9 @@ def load_initial_weights(model: nn.Module, spec: JobSpec, cache: Path, log: Call
     missing = sorted(k for k in own if k not in state and not k.startswith(head))
     wrong = sorted(k for k in own if k in state and not k.startswith(head) and state[k].shape != own[k].shape)
     if unexpected or missing or wrong:
-        problems = []
-        for label, keys in (("unexpected", unexpected), ("missing", missing), ("of another shape", wrong)):
-            if keys:
-                more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
-                problems.append(f"{len(keys)} keys {label} ({', '.join(keys[:3])}{more})")
         raise UserError(
-            f"weights file {path} does not fit torchvision {spec.model.arch}: {'; '.join(problems)}. "
+            f"weights file {path} does not fit torchvision {spec.model.arch}: "
+            f"{key_problems(unexpected, missing, wrong)}. "
             f"Fix: give a state dict saved from torchvision.models.{spec.model.arch}() "
             "(torch.save(model.state_dict(), path)), or use weights: none or imagenet."
         )
@@ -153,6 +149,16 @@ def load_initial_weights(model: nn.Module, spec: JobSpec, cache: Path, log: Call
     fresh = sorted(k for k in own if k not in fitting)
     model.load_state_dict(fitting, strict=False)
     log(f"weights: loaded {len(fitting)} tensors from {path}; fresh head tensors: {', '.join(fresh) or 'none'}")
+
+
+def key_problems(unexpected: list[str], missing: list[str], wrong: list[str]) -> str:
+    """How a state dict does not fit a model, in a few words: counts and the first keys of each kind."""
+    problems = []
+    for label, keys in (("unexpected", unexpected), ("missing", missing), ("of another shape", wrong)):
+        if keys:
+            more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+            problems.append(f"{len(keys)} keys {label} ({', '.join(keys[:3])}{more})")
+    return "; ".join(problems)
 
 
 def _read_state_dict(path: Path, spec: JobSpec) -> dict[str, torch.Tensor]:

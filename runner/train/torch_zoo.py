@@ -1,16 +1,12 @@
-"""torchvision's and timm's models, and the user's own, for a PyTorch job.
+"""torchvision's and timm's models for a PyTorch job.
 
 A zoo model is the library's own network: built as the library builds it (with the dataset's classes
 when it starts from random weights; with the library's classes, its ImageNet weights loaded, then a
 fresh final layer when it is pretrained). The final layer is found, whatever it is called, as the last
 Linear or 1x1 Conv2d of the network; that layer, and the hidden dense layers that classifier_width
 rebuilds, are the head: what trains under freeze_backbone.
-
-A user model is `function(num_classes, weights_path_or_None)` from the suite's code: folder; it must
-return a torch.nn.Module, and its last Linear or Conv2d is its head.
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +15,7 @@ from torch import nn
 
 from runner.errors import UserError
 from schemas import ModelSpec
-from schemas.registry import ZOOS, ModelRef, model_ref
+from schemas.registry import ModelRef, model_ref
 
 IMAGENET_CLASSES = 1000
 # Built without their auxiliary classifiers: a training step wants one output (their weights load without them).
@@ -136,7 +132,7 @@ def _set_width(model: nn.Module, hidden: list[str], final: str, width: int) -> N
 
 def load_state(model: nn.Module, path: Path, what: str) -> int:
     """Load a state dict saved from the library's own model into `model` (same layers); the tensors loaded."""
-    from runner.train.torch_models import read_state_dict
+    from runner.train.torch_models import key_problems, read_state_dict
 
     state = read_state_dict(path, what)
     own = model.state_dict()
@@ -145,13 +141,9 @@ def load_state(model: nn.Module, path: Path, what: str) -> int:
     missing = sorted(k for k in own if k not in state)
     wrong = sorted(k for k in own if k in state and state[k].shape != own[k].shape)
     if unexpected or missing or wrong:
-        problems = []
-        for label, keys in (("unexpected", unexpected), ("missing", missing), ("of another shape", wrong)):
-            if keys:
-                more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
-                problems.append(f"{len(keys)} keys {label} ({', '.join(keys[:3])}{more})")
         raise UserError(
-            f"weights file {path} does not fit {what}: {'; '.join(problems)}. Fix: give the state dict of the "
+            f"weights file {path} does not fit {what}: {key_problems(unexpected, missing, wrong)}. Fix: give the "
+            "state dict of the "
             f"library's own {what} (torch.save(model.state_dict(), path)), or use weights: none."
         )
     model.load_state_dict({k: v for k, v in state.items() if k in own})
@@ -162,8 +154,6 @@ def build(spec: ModelSpec, classes: int, weights: Path | None) -> Built:
     """The zoo or user model of `spec` with a `classes` head; `weights` (the library's ImageNet weights in
     gridrun's cache, or a file of the user's) loaded into everything but the new head."""
     ref = model_ref(spec.arch)
-    if ref.kind == "user":
-        return _user(spec, classes, weights)
     assert ref.zoo is not None
     if not known(ref):
         raise UserError(unknown_message(ref))
@@ -219,20 +209,6 @@ def no_hidden_message(arch: str) -> str:
     )
 
 
-def _user(spec: ModelSpec, classes: int, weights: Path | None) -> Built:
-    from runner.train.usercode import call_user, load_callable
-
-    fn: Callable = load_callable(spec.arch, "model")
-    model = call_user(fn, spec.arch, "model", classes, str(weights) if weights is not None else None)
-    if not isinstance(model, nn.Module):
-        raise UserError(
-            f"model {spec.arch} returned a {type(model).__name__}, not a torch.nn.Module. Fix: make "
-            f"{spec.arch.split(':')[1]}(num_classes, weights_path) return the network (an nn.Module) for a torch job"
-        )
-    final, _ = _final_layer(model)
-    return Built(model, [final], None, notes=[f"model: {spec.arch}, head {final}"])
-
-
 def freeze(model: nn.Module, head: list[str]) -> None:
     """Only the head keeps requires_grad."""
     for name, param in model.named_parameters():
@@ -271,4 +247,4 @@ def check_output(model: nn.Module, classes: int, image_size: int, what: str) -> 
         )
 
 
-__all__ = ["ZOOS", "Built", "build", "check_output", "freeze", "names", "train_mode"]
+__all__ = ["Built", "build", "check_output", "freeze", "names", "train_mode"]
