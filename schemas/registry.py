@@ -19,7 +19,7 @@ tests/test_registry.py checks that every entry's code exists and agrees with its
 
 import difflib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -255,6 +255,11 @@ class Zoo:
     description: str
     weights_suffix: str  # the suffix of its ImageNet weights in the cache
     example: str  # a name, for messages
+    # Its distributions: all installed, the driver can ask the library (in a child process, runner.train.probe);
+    # their versions key what it answered in the cache.
+    packages: tuple[str, ...]
+    # Where the library downloads its ImageNet weights from: a plan, which downloads nothing, asks whether it answers.
+    weights_host: str
 
 
 ZOOS: dict[str, Zoo] = {
@@ -267,6 +272,8 @@ ZOOS: dict[str, Zoo] = {
             "torchvision.models' classification models (torchvision.models.list_models())",
             weights_suffix=".pth",
             example="torchvision.resnet50",
+            packages=("torch", "torchvision"),
+            weights_host="https://download.pytorch.org/models/",
         ),
         Zoo(
             "timm",
@@ -275,6 +282,8 @@ ZOOS: dict[str, Zoo] = {
             "PyTorch Image Models (timm.list_models()); a pretrained tag may follow: timm.resnet50.a1_in1k",
             weights_suffix=".pth",
             example="timm.convnext_tiny",
+            packages=("torch", "timm"),
+            weights_host="https://huggingface.co/timm",  # timm's weights are on the Hugging Face hub
         ),
         Zoo(
             "keras",
@@ -283,6 +292,8 @@ ZOOS: dict[str, Zoo] = {
             "keras.applications' models",
             weights_suffix=".weights.h5",
             example="keras.ResNet50",
+            packages=("keras", "tensorflow"),
+            weights_host="https://storage.googleapis.com/tensorflow/keras-applications/",
         ),
     )
 }
@@ -338,6 +349,45 @@ def model_ref(arch: str) -> ModelRef:
 
 def zoos_of(framework: str) -> list[Zoo]:
     return [z for z in ZOOS.values() if z.framework == framework]
+
+
+def unknown_zoo_model(ref: ModelRef, names: Sequence[str], tagged: Sequence[str] = ()) -> str:
+    """'' when the library offers `ref`'s model (given its `names` and, for timm, its pretrained `tagged`
+    names such as resnet50.a1_in1k), else the message with the closest names of that library."""
+    assert ref.zoo is not None
+    zoo, base, _, tag = ref.zoo, *ref.name.partition(".")
+    if base in names and (not tag or ref.name in tagged):
+        return ""
+    if base in names:  # timm: the model exists, the pretrained tag does not
+        own = [t for t in tagged if t.startswith(base + ".")]
+        close = difflib.get_close_matches(ref.name, own, n=3) or own[:3]
+        hint = f" (did you mean {', '.join(f'{zoo.prefix}.{c}' for c in close)}?)" if close else ""
+        return (
+            f"{zoo.display} has no pretrained tag {excerpt(tag)} for {base}{hint}. "
+            f"Fix: `gridrun models --filter {base}` lists its tags, or name {zoo.prefix}.{base} alone"
+        )
+    close = difflib.get_close_matches(base, list(names), n=3)
+    hint = f" (did you mean {', '.join(f'{zoo.prefix}.{c}' for c in close)}?)" if close else ""
+    shared = _shared_start(base, close[0]) if close else ""
+    text = shared if len(shared) >= 3 else base[:12]
+    return (
+        f"{zoo.display} has no model {excerpt(base)}{hint}. "
+        f"Fix: `gridrun models --framework {zoo.framework} --filter {text}` lists the names"
+    )
+
+
+def _shared_start(a: str, b: str) -> str:
+    """The start of `a` that `b` begins with too, case aside."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n].lower() == b[n].lower():
+        n += 1
+    return a[:n]
+
+
+def same_name(arch: str) -> str:
+    """The library's model name without its library, case and underscores: torchvision.resnet50 and
+    keras.ResNet50 are both 'resnet50' (different networks that share a name); a twin's is its own."""
+    return model_ref(arch).name.split(".")[0].replace("_", "").replace("-", "").lower()
 
 
 # --- datasets ----------------------------------------------------------------------------------------

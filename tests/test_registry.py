@@ -73,7 +73,7 @@ def test_each_loader_gives_the_declared_classes(name: str, tmp_path: Path) -> No
 
 
 def test_a_dataset_of_the_users_folder_counts_its_class_folders(tmp_path: Path) -> None:
-    from runner.plan import disk
+    from runner.plan import models
 
     (tmp_path / "cats").mkdir()
     (tmp_path / "dogs").mkdir()
@@ -82,7 +82,7 @@ def test_a_dataset_of_the_users_folder_counts_its_class_folders(tmp_path: Path) 
         {"name": "j", "framework": "torch", "model": {"arch": "resnet18"},
          "dataset": {"name": "imagefolder", "path": str(tmp_path)}}
     )  # fmt: skip
-    assert disk._classes(spec) == 2 == len(data.class_folders(tmp_path))
+    assert models.classes(spec) == 2 == len(data.class_folders(tmp_path))
 
 
 def test_each_executor_is_its_declared_class() -> None:

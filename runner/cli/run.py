@@ -14,8 +14,8 @@ from rich.table import Table
 from runner.cli.app import app, console, err
 from runner.errors import UserError
 from runner.execute import reaper
-from runner.plan import PlannedJob, check_links, disk, make_plan, plan_table
-from runner.prepare import Cache, Preparer, build_images, inputs
+from runner.plan import PlannedJob, check_links, disk, make_plan, models, plan_table
+from runner.prepare import Cache, Preparer, build_images, default_cache, inputs
 from runner.report.live import LiveView
 from runner.schedule import cluster as ray_cluster
 from runner.store import BAD_FILE_FIX, JobStore, ResultsStore, SuiteLock, SuiteStore, locate
@@ -119,6 +119,7 @@ class Opened:
     loaded: LoadedSuite
     store: ResultsStore
     cache: Cache
+    catalog: models.Catalog  # what the model libraries said of the suite's zoo models
 
 
 def _open(
@@ -142,7 +143,13 @@ def _open(
     except UserError as e:
         raise UserError(f"--cache: {e}") from None
     check_links(loaded, store, [spec.name for spec in loaded.jobs()])  # make_plan checks again, under the profile
-    return Opened(loaded, store, inputs_cache)
+    catalog = _catalog(inputs_cache.local)
+    models.check(loaded, catalog)
+    return Opened(loaded, store, inputs_cache, catalog)
+
+
+def _catalog(cache: Path) -> models.Catalog:
+    return models.Catalog(cache, say=lambda m: console.print(f"[yellow]note: {escape(m)}[/]", highlight=False))
 
 
 def _prepare_plan(
@@ -193,7 +200,8 @@ def _prepare_plan(
     if download:  # a run: inputs to the cache URL, images built; a plan only says what would happen
         inputs_cache.publish(prepared, say=say)
         build_images(prepared, executor, say=say)
-    plan = make_plan(loaded, prepared, cluster.nodes, store, executor, force, say=say)
+    counts = models.counts([p.spec for p in prepared], opened.catalog)
+    plan = make_plan(loaded, prepared, cluster.nodes, store, executor, force, say=say, counts=counts)
     for p in plan:
         if p.executor.name == "process" and p.requested_executor == "auto":
             console.print(
@@ -201,7 +209,7 @@ def _prepare_plan(
                 highlight=False,
             )
     console.print(plan_table(plan, f"plan of {loaded.name}" + (f" (profile {chosen})" if chosen else "")))
-    line, short = disk.check([p.spec for p in plan if p.action == "run"], store.local)
+    line, short = disk.check([p.spec for p in plan if p.action == "run"], store.local, counts)
     if line:
         console.print(f"[bold yellow]{line}[/]" if short else line, highlight=False)
     return loaded, chosen, plan, store, inputs_cache
@@ -209,9 +217,12 @@ def _prepare_plan(
 
 @app.command()
 def validate(suites: Annotated[list[Path], typer.Argument(help="Suite files.")]) -> None:
-    """Check suite files: YAML, keys, types, values, names; every profile expanded."""
+    """Check suite files: YAML, keys, types, values, names (zoo models asked of their library); every profile
+    expanded."""
+    catalog = _catalog(default_cache())
     for path in suites:
         loaded = load_suite(path)
+        models.check(loaded, catalog)
         profiles = ", ".join(loaded.suite.profiles) or "none"
         console.print(f"[green]ok[/] {path}: suite {loaded.name!r}, {len(loaded.jobs())} job(s), profiles: {profiles}")
 

@@ -3,6 +3,7 @@
 A job that no node can ever fit is refused here, before anything starts: Ray alone would wait forever.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,12 +12,13 @@ from rich.table import Table
 
 from runner.errors import UserError
 from runner.execute import Choice, choose
-from runner.plan import identity
+from runner.plan import identity, models
 from runner.plan.nodes import Node
 from runner.prepare import Prepared
 from runner.store import JobStore, ResultsStore
 from runner.suite import LoadedSuite
 from schemas import Identity, JobSpec, Owner, RunResult, RunStatus, Substitution
+from schemas.registry import Parameters
 
 
 @dataclass
@@ -32,6 +34,7 @@ class PlannedJob:
     why: str
     store: JobStore  # the job's folder in the results store
     identity: Identity  # what the result depends on, recorded in spec.json
+    parameters: Parameters | None = None  # None: its library is not installed here to count it
 
     @property
     def spec(self) -> JobSpec:
@@ -112,9 +115,11 @@ def make_plan(
     executor: str | None = None,
     force: bool = False,
     say=print,
+    counts: Mapping[str, Parameters] | None = None,
 ) -> list[PlannedJob]:
     """Check fit, choose executors, and decide run or skip for each job. Reads only: the inputs were
-    prepared (or previewed) and the images built before."""
+    prepared (or previewed) and the images built before. `counts`: each job's parameters by name
+    (runner.plan.models.counts); without them a twin's are its arithmetic."""
     specs = [p.spec for p in prepared]
     refused = [(s.name, p) for s in specs if (p := fit_problem(s, nodes))]
     if refused:
@@ -152,6 +157,7 @@ def make_plan(
                 why,
                 store,
                 ident,
+                (counts or {}).get(declared.name) or ready.spec.model.parameters(models.classes(ready.spec)),
             )
         )
     return plan
@@ -187,6 +193,7 @@ def plan_table(plan: list[PlannedJob], title: str) -> Table:
         "framework",
         "model",
         "weights",
+        "parameters",
         "epochs",
         "data",
         "resources",
@@ -210,6 +217,7 @@ def plan_table(plan: list[PlannedJob], title: str) -> Table:
             s.framework,
             s.model.arch + (f" w{s.model.classifier_width}" if s.model.classifier_width else ""),
             weights,
+            _parameters(p.parameters),
             str(s.train.epochs),
             f"{s.dataset.name} {s.dataset.image_size}px",
             res,
@@ -218,3 +226,18 @@ def plan_table(plan: list[PlannedJob], title: str) -> Table:
             subs,
         )
     return table
+
+
+def _parameters(counted: Parameters | None) -> str:
+    """25.6 M; with a frozen backbone also what trains: 25.6 M\n20.5 k trainable."""
+    if counted is None:
+        return "[dim]not counted[/]"
+    text = _short(counted.total)
+    return text if counted.trainable == counted.total else f"{text}\n[dim]{_short(counted.trainable)} trainable[/]"
+
+
+def _short(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return str(n)

@@ -6,10 +6,12 @@ model.weights_fallback) stands in, announced and recorded; without one the job f
 message naming the file to provide and where.
 """
 
+import contextlib
 import hashlib
 import os
 import tarfile
 import tempfile
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,8 +21,9 @@ from runner.errors import UserError
 from runner.execute import Choice, choose
 from runner.prepare import inputs
 from runner.store import Storage
-from runner.train import data, weights
+from runner.train import data, probe, weights
 from schemas import JobSpec, Substitution
+from schemas.registry import model_ref
 
 DOWNLOAD_TIMEOUT_S = 30
 
@@ -182,8 +185,7 @@ class Preparer:
         if spec.model.weights != "imagenet":
             return f"weights file {path} does not exist; fix: provide it there or change model.weights"
         if not spec.model.twin:
-            # A zoo's weights come from its library, which only the worker's side imports: provided by hand.
-            return weights.zoo_weights_missing(spec.model.arch, path)
+            return self._zoo_weights(spec, path)
         source = weights.imagenet_source(spec.framework, spec.model.arch)
         key = f"weights:{path}"
         if key not in self._fetched:
@@ -201,6 +203,26 @@ class Preparer:
                 )
         return self._fetched[key]
 
+    def _zoo_weights(self, spec: JobSpec, path: Path) -> str:
+        """A zoo model's ImageNet weights: its library downloads them (into its own cache, pointed into
+        gridrun's) and they are saved at `path`, in a child process: the driver imports no framework."""
+        arch = spec.model.arch
+        zoo = model_ref(arch).zoo
+        assert zoo is not None
+        key = f"weights:{path}"
+        if key not in self._fetched:
+            if self.download:
+                self.say(f"prepare: downloading {zoo.display}'s ImageNet weights of {arch} into {path}")
+                problem = probe.fetch_weights(arch, path, self.cache)
+            else:  # `gridrun plan`: say what `run` would do, without the download
+                try:
+                    _answers(zoo.weights_host)
+                    problem = ""
+                except OSError as e:
+                    problem = f"{zoo.weights_host} does not answer: {_short(e)}"
+            self._fetched[key] = weights.zoo_weights_missing(arch, path, problem) if problem else ""
+        return self._fetched[key]
+
 
 def _short(e: BaseException) -> str:
     return str(getattr(e, "reason", None) or e).splitlines()[0][:160]
@@ -210,6 +232,12 @@ def _reachable(url: str) -> None:
     """Raise OSError when a download would fail to start (for a plan, which downloads nothing)."""
     with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=DOWNLOAD_TIMEOUT_S):
         pass
+
+
+def _answers(url: str) -> None:
+    """Raise OSError when the server of `url` cannot be reached; any HTTP answer, an error too, means it can."""
+    with contextlib.suppress(urllib.error.HTTPError):
+        _reachable(url)
 
 
 def _download(url: str, dest: Path, md5: str = "", sha256_prefix: str = "") -> Path:

@@ -18,7 +18,7 @@ import numpy as np
 
 from runner.errors import UserError
 from schemas import ModelSpec
-from schemas.registry import model_ref
+from schemas.registry import model_ref, unknown_zoo_model
 
 IMAGENET_CLASSES = 1000
 # Layers without weights that may sit between the hidden dense layers and the final one.
@@ -207,11 +207,7 @@ def build(spec: ModelSpec, classes: int, image_size: int, weights: Path | None) 
 
 
 def unknown_message(name: str) -> str:
-    import difflib
-
-    close = difflib.get_close_matches(name, names(), n=3)
-    hint = f" (did you mean {', '.join(f'keras.{c}' for c in close)}?)" if close else ""
-    return f"keras.applications has no model {name!r}{hint}. Fix: `gridrun models --framework tensorflow` lists them"
+    return unknown_zoo_model(model_ref(f"keras.{name}"), names())
 
 
 def freeze(model: keras.Model, head: list[str]) -> None:

@@ -15,7 +15,7 @@ from torch import nn
 
 from runner.errors import UserError
 from schemas import ModelSpec
-from schemas.registry import ModelRef, model_ref
+from schemas.registry import ModelRef, model_ref, unknown_zoo_model
 
 IMAGENET_CLASSES = 1000
 # Built without their auxiliary classifiers: a training step wants one output (their weights load without them).
@@ -46,12 +46,21 @@ def names(prefix: str) -> list[str]:
     return sorted(timm.list_models())
 
 
+def timm_tagged() -> list[str]:
+    """timm's names with a pretrained tag (resnet50.a1_in1k): the weights timm can download."""
+    import timm
+
+    return sorted(timm.list_models(pretrained=True))
+
+
 def known(ref: ModelRef) -> bool:
-    if ref.zoo is not None and ref.zoo.prefix == "timm":
+    assert ref.zoo is not None
+    if ref.zoo.prefix == "timm":
         import timm
 
-        return timm.is_model(ref.name.split(".")[0])
-    return ref.name in names(ref.zoo.prefix)  # type: ignore[union-attr]
+        base, _, tag = ref.name.partition(".")
+        return timm.is_model(base) and (not tag or ref.name in timm_tagged())
+    return ref.name in names(ref.zoo.prefix)
 
 
 def _torchvision(name: str, classes: int) -> nn.Module:
@@ -191,15 +200,9 @@ def build(spec: ModelSpec, classes: int, weights: Path | None) -> Built:
 
 
 def unknown_message(ref: ModelRef) -> str:
-    import difflib
-
     assert ref.zoo is not None
-    close = difflib.get_close_matches(ref.name, names(ref.zoo.prefix), n=3)
-    hint = f" (did you mean {', '.join(f'{ref.zoo.prefix}.{c}' for c in close)}?)" if close else ""
-    return (
-        f"{ref.zoo.display} has no model {ref.name!r}{hint}. Fix: `gridrun models --filter {ref.name[:12]}` "
-        "lists the names"
-    )
+    tagged = timm_tagged() if ref.zoo.prefix == "timm" else ()
+    return unknown_zoo_model(ref, names(ref.zoo.prefix), tagged) or f"{ref.zoo.display} cannot build {ref.name!r}"
 
 
 def no_hidden_message(arch: str) -> str:
@@ -225,26 +228,35 @@ def train_mode(model: nn.Module, head: list[str], frozen: bool) -> None:
                 module.eval()
 
 
-def check_output(model: nn.Module, classes: int, image_size: int, what: str) -> None:
-    """A forward pass on meta tensors (no memory, no compute): the logits' shape at this image size."""
+def output_problem(model: nn.Module, classes: int, image_size: int, what: str) -> str:
+    """'' when a forward pass on meta tensors (no memory, no compute) gives logits of (2, classes) at this
+    image size, else the message with the fix."""
     model.eval()
     try:
         with torch.no_grad():
             out = model(torch.empty(2, 3, image_size, image_size, device="meta"))
     except NotImplementedError:
-        return  # an operator without a meta kernel: the first real batch will tell
+        return ""  # an operator without a meta kernel: the first real batch will tell
     except Exception as e:
         line = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
-        raise UserError(
+        return (
             f"{what} does not take images of {image_size} px ({type(e).__name__}: {line}). "
             "Fix: set dataset.image_size to a size the model takes (224 fits every ImageNet model)"
-        ) from None
+        )
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, classes):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UserError(
+        return (
             f"{what} returns {shape} for a batch of 2 images, not logits of shape (2, {classes}). Fix: make the "
             f"model end in a layer of num_classes outputs ({classes} here) and return its output alone"
         )
+    return ""
 
 
-__all__ = ["Built", "build", "check_output", "freeze", "names", "train_mode"]
+def check_output(model: nn.Module, classes: int, image_size: int, what: str) -> None:
+    """The logits' shape at this image size, checked on meta tensors; a UserError with the fix otherwise."""
+    problem = output_problem(model, classes, image_size, what)
+    if problem:
+        raise UserError(problem)
+
+
+__all__ = ["Built", "build", "check_output", "freeze", "names", "output_problem", "timm_tagged", "train_mode"]

@@ -1,0 +1,91 @@
+"""The models a suite names, checked against their libraries before anything runs, and counted.
+
+A twin is counted by arithmetic (schemas.registry.Arch.count). A zoo model is asked of its library through
+runner.train.probe (a child process; the answers are cached): an unknown name (with the library's closest),
+classifier_width on a model without hidden dense layers, or an image size the model cannot take is refused
+by `validate`, `plan` and `run` alike, one message naming each job.
+"""
+
+from pathlib import Path
+
+from runner.errors import UserError
+from runner.suite import LoadedSuite
+from runner.train import data
+from runner.train.probe import Catalog, Request
+from schemas import JobSpec
+from schemas.registry import DATASETS, Parameters, model_ref, unknown_zoo_model
+
+__all__ = ["Catalog", "check", "classes", "counts", "problems"]
+
+
+def classes(spec: JobSpec) -> int:
+    """The dataset's classes as declared; for a folder of the user's, its class sub-folders (10 while absent)."""
+    ds = spec.dataset
+    declared = DATASETS[ds.name].classes
+    if declared is not None:
+        return declared
+    root = Path(ds.path or "").expanduser()
+    return max(1, len(data.class_folders(root))) if ds.path and root.is_dir() else 10
+
+
+def request(spec: JobSpec) -> Request:
+    m = spec.model
+    return Request(m.arch, classes(spec), m.classifier_width, m.freeze_backbone, spec.dataset.image_size)
+
+
+def problems(specs: list[JobSpec], catalog: Catalog) -> list[tuple[JobSpec, str]]:
+    """(job, message) for each zoo model its library cannot build as the job asks; the libraries not
+    installed here are skipped (said once by the catalog)."""
+    out: list[tuple[JobSpec, str]] = []
+    named: list[JobSpec] = []
+    zoo = [s for s in specs if model_ref(s.model.arch).zoo is not None]
+    # One question per framework for names and facts alike (a name the library lacks gets a problem, unused).
+    catalog.ask([model_ref(s.model.arch).zoo for s in zoo], [request(s) for s in zoo])  # type: ignore[misc]
+    for spec in zoo:
+        ref = model_ref(spec.model.arch)
+        assert ref.zoo is not None
+        listing = catalog.listing(ref.zoo)
+        if listing is None:
+            continue
+        unknown = unknown_zoo_model(ref, listing.names, listing.tagged)
+        if unknown:
+            out.append((spec, unknown))
+        else:
+            named.append(spec)
+    facts = catalog.facts(request(s) for s in named)
+    for spec in named:
+        found = facts.get(request(spec))
+        if found is not None and found.problem:
+            out.append((spec, found.problem))
+    return out
+
+
+def check(loaded: LoadedSuite, catalog: Catalog) -> None:
+    """Every job under every profile: one UserError naming each job whose model cannot be built as asked."""
+    lines: list[str] = []
+    base: set[tuple[str, str]] = set()
+    for profile in [None, *loaded.suite.profiles]:
+        for spec, message in problems(loaded.jobs(profile), catalog):
+            if (spec.name, message) in base:
+                continue
+            base.add((spec.name, message))
+            lines.append(f"job {spec.name}" + (f" (profile {profile})" if profile else "") + f": {message}")
+    if len(lines) == 1:
+        raise UserError(f"{loaded.path}: {lines[0]}")
+    if lines:
+        body = "\n  ".join(lines)
+        raise UserError(f"{loaded.path}: {len(lines)} jobs name models their library cannot build as asked:\n  {body}")
+
+
+def counts(specs: list[JobSpec], catalog: Catalog) -> dict[str, Parameters]:
+    """Total and trainable parameters of each job that can be counted here: every twin, and each zoo model
+    whose library is installed (the name of a job maps to its counts)."""
+    out: dict[str, Parameters] = {}
+    zoo = [s for s in specs if model_ref(s.model.arch).zoo is not None]
+    facts = catalog.facts(request(s) for s in zoo)
+    for spec in specs:
+        if spec.model.twin:
+            out[spec.name] = spec.model.parameters(classes(spec))  # type: ignore[assignment]
+        elif (found := facts.get(request(spec))) is not None and found.parameters is not None:
+            out[spec.name] = found.parameters
+    return out
