@@ -39,8 +39,10 @@ def problems(specs: list[JobSpec], catalog: Catalog) -> list[tuple[JobSpec, str]
     out: list[tuple[JobSpec, str]] = []
     named: list[JobSpec] = []
     zoo = [s for s in specs if model_ref(s.model.arch).zoo is not None]
-    # One question per framework for names and facts alike (a name the library lacks gets a problem, unused).
-    catalog.ask([model_ref(s.model.arch).zoo for s in zoo], [request(s) for s in zoo])  # type: ignore[misc]
+    libraries = [z for s in zoo if (z := model_ref(s.model.arch).zoo) is not None]
+    if not all(catalog.has_names(z) for z in libraries):
+        # A cold cache: names and facts in one question per framework (those of an unknown name go unused).
+        catalog.ask(libraries, [request(s) for s in zoo])
     for spec in zoo:
         ref = model_ref(spec.model.arch)
         assert ref.zoo is not None

@@ -134,6 +134,7 @@ class Catalog:
         self._said: set[str] = set()
         self._files: dict[str, dict[str, Any]] = {}  # prefix -> its cache file's content
         self._paths: dict[str, Path] = {}
+        self._lacking: dict[str, list[str]] = {}  # prefix -> its distributions not installed here
 
     def _once(self, key: str, message: str) -> None:
         if key not in self._said:
@@ -142,7 +143,9 @@ class Catalog:
 
     def usable(self, zoo: Zoo) -> bool:
         """Whether the library is installed here; if not, said once."""
-        lacking = missing_packages(zoo)
+        if zoo.prefix not in self._lacking:
+            self._lacking[zoo.prefix] = missing_packages(zoo)
+        lacking = self._lacking[zoo.prefix]
         if lacking:
             self._once(
                 zoo.prefix,
@@ -219,6 +222,10 @@ class Catalog:
                 self._facts(_zoo(request))[request.key] = found
             for zoo in involved.values():
                 self._save(zoo)
+
+    def has_names(self, zoo: Zoo) -> bool:
+        """Whether the cache holds the library's names (or it is not installed: there is nothing to ask)."""
+        return not self.usable(zoo) or "names" in self._file(zoo)
 
     def listing(self, zoo: Zoo) -> Listing | None:
         """The library's names; None when it is not installed here or could not be asked (said once)."""
