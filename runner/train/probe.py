@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]  # holds the runner and schemas packa
 # gridrun's code behind an answer: a change to how a zoo model is built changes what the cache says of it.
 CODE = (
     "runner/train/catalog.py",
+    "runner/train/probe.py",
     "runner/train/torch_zoo.py",
     "runner/train/keras_zoo.py",
     "runner/train/tf_models.py",
@@ -57,6 +58,7 @@ class Facts:
     trainable: int | None = None  # under freeze_backbone: the head's
     hidden_width: int | None = None  # None: no hidden dense layers, classifier_width does not apply
     min_image_size: int | None = None
+    unchecked: str = ""  # the library failed to build it here (not the spec's fault): why; it is checked when it runs
 
     @property
     def parameters(self) -> Parameters | None:
@@ -243,8 +245,15 @@ class Catalog:
         for request in requests:
             zoo = _zoo(request)
             known = self._facts(zoo).get(request.key) if self.usable(zoo) else None
-            if known is not None:
-                out[request] = Facts(**known)
+            if known is None:
+                continue
+            found = Facts(**known)
+            if found.unchecked:
+                self._once(
+                    f"unchecked:{request.arch}",
+                    f"{request.arch} could not be built here to check it ({found.unchecked}): its job will tell",
+                )
+            out[request] = found
         return out
 
 
