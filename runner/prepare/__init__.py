@@ -123,7 +123,8 @@ class Preparer:
             return
         sub = Substitution(kind="dataset", wanted=ds.name, used=ds.fallback, reason=problem)
         self._announce(f"SUBSTITUTE job {out.spec.name}: dataset {ds.fallback} stands in for {ds.name}", problem)
-        out.spec.dataset = ds.model_copy(update={"name": ds.fallback, "fallback": None, "path": None})
+        # A substitute has none of what belongs to the dataset it stands in for: its folder, its sets of labels.
+        out.spec.dataset = ds.model_copy(update={"name": ds.fallback, "fallback": None, "path": None, "labels": None})
         out.substitutions.append(sub)
 
     def _weights(self, out: Prepared) -> None:

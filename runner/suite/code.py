@@ -11,7 +11,6 @@ import stat
 from pathlib import Path
 
 from runner.errors import UserError
-from schemas.base import clip
 
 # Code and the small files it reads: far below Ray's working_dir limit, and read whole for each plan's hash.
 MAX_FILES = 5_000  # files and folders
@@ -22,11 +21,16 @@ IGNORED_SUFFIXES = (".pyc",)
 _MODULE_FORMS = ("{}.py", "{}/__init__.py")
 
 
+def _cut(text: str, limit: int = 100) -> str:
+    """A path as it is, quotes and all (`code:` holds no control character), cut short when long."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def resolve(suite_file: Path, code: str) -> Path:
     """The folder `code:` names, relative to the suite file, checked and resolved; UserError when it is not one."""
     given = Path(code).expanduser()
     folder = given if given.is_absolute() else suite_file.parent / given
-    where = f"{suite_file}: code: {clip(code, 100)}"
+    where = f"{suite_file}: code: {_cut(code)}"
     fix = "Fix: name the folder that holds your modules, relative to the suite file (e.g. code: nets)"
     if not folder.exists():
         raise UserError(f"{where} does not exist (looked for {folder}). {fix}.")
@@ -34,7 +38,7 @@ def resolve(suite_file: Path, code: str) -> Path:
         raise UserError(
             f"{where} is a file, not a folder: code: names the folder that holds your modules, and "
             f"model.arch / dataset.name name a module of it as <module>:<function>. "
-            f"Fix: code: {clip(str(Path(code).parent) or '.', 100)}, with e.g. model.arch: {Path(code).stem}:build."
+            f"Fix: code: {_cut(str(Path(code).parent))}, with e.g. model.arch: {Path(code).stem}:build."
         )
     resolved = folder.resolve()
     files(resolved, where)

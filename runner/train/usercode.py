@@ -140,7 +140,7 @@ def function(field: str, ref: str) -> Callable[..., Any]:
         )
     if not callable(fn):
         raise UserError(
-            f"{field} {ref}: {loaded.__name__}.{name} ({source}) is a {type(fn).__name__}, not a function. "
+            f"{field} {ref}: {loaded.__name__}.{name} ({source}) is {kind(fn)}, not a function. "
             f"Fix: make {name} a function, or name one after ':'"
         )
     return fn
