@@ -625,3 +625,36 @@ def test_a_user_model_and_dataset_train_in_a_container(tmp_path: Path) -> None:
     assert result.class_names == ["red", "green", "blue"] and result.total_parameters == 3 * 8 * 9 + 8 + 8 * 3 + 3
     assert paths.read_spec().code == str(folder.resolve())
     assert not any(folder.rglob("__pycache__")), "the folder is read-only in the container: nothing is written there"
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_submit_sends_the_code_folder_and_the_cluster_imports_from_its_copy(tmp_path: Path) -> None:
+    """`gridrun submit` to a real Ray head (token on): the job's driver finds the code folder in the working_dir
+    Ray unpacked, and the worker imports the user's model and data from there, not from this machine's folder."""
+    from raycluster import RayCluster
+
+    token = "gridrun-usercode-token-" + "7" * 24
+    head = RayCluster(tmp_path / "cluster", token=token)
+    try:
+        head.start_head(cpus=2, gpus=0)
+        env = {"HOME": str(head.home), "RAY_AUTH_TOKEN": token, "RAY_AUTH_TOKEN_PATH": "", "RAY_AUTH_MODE": ""}
+        study = tmp_path / "study"
+        folder = write_code(study)
+        (study / "jobs").mkdir()
+        suite = study / "jobs" / "sent.yaml"
+        suite.write_text(suite_text("sent", "  - {name: own, framework: torch, model: {arch: 'torchnets:build'}}\n",
+                                    code=f"../{CODE_DIR}"))  # fmt: skip
+        sub = gridrun("submit", str(suite), "--address", head.jobs_api, "--executor", "process", env=env)
+        assert sub.returncode == 0, sub.stdout + sub.stderr
+        sid = sub.stdout.splitlines()[0].strip()
+        follow = gridrun("logs", sid, "--follow", "--address", head.jobs_api, env=env, timeout=600)
+        assert follow.returncode == 0 and "all 1 job(s) done" in follow.stdout, follow.stdout + follow.stderr
+        paths = SuitePaths.of(head.home / "gridrun-results" / sid, "sent").job("own")
+        result, spec = paths.read_result(), paths.read_spec()
+        assert result.class_names == ["red", "green", "blue"] and result.total_parameters == 3 * 8 * 9 + 8 + 8 * 3 + 3
+        staged = Path(spec.code)
+        assert staged != folder.resolve() and staged.name == CODE_DIR and staged.parent.name == "suite"
+        assert not any(folder.rglob("__pycache__")), "the worker imported the cluster's copy, not this folder"
+    finally:
+        head.stop()
