@@ -159,6 +159,12 @@ def test_a_code_folder_that_is_a_file_missing_or_without_the_module_is_refused_a
     assert "torchnets.py is a file, not a folder" in message and "model.arch: torchnets:build" in message, message
     assert f"Fix: code: {CODE_DIR}, with" in message
 
+    (folder / "schemas.py").write_text("x = 1\n")
+    suite.write_text(suite_text("s", job))
+    with pytest.raises(UserError, match=r"holds a module or package named schemas, which would hide gridrun's own"):
+        load_suite(suite)
+    (folder / "schemas.py").unlink()
+
     suite.write_text(suite_text("s", job, code="no such folder"))
     with pytest.raises(UserError, match=r"code: no such folder does not exist \(looked for .*\)\. Fix: name the"):
         load_suite(suite)
@@ -407,6 +413,32 @@ def test_cifar100_labels_are_checked_and_a_substitute_drops_them(tmp_path: Path)
 def test_the_cifar100_suite_validates() -> None:
     proc = gridrun("validate", str(REPO / "jobs" / "cifar100.yaml"))
     assert proc.returncode == 0 and "suite 'cifar100', 5 job(s), profiles: cpu" in flat(proc.stdout), proc.stderr
+
+
+def test_checkpoint_sizing_leaves_user_code_jobs_out_and_says_so(tmp_path: Path) -> None:
+    """A user dataset's classes (the twin's head) and a user model's parameters are known only in the worker."""
+    from runner.plan import disk
+
+    def spec(name: str, arch: str, dataset: str) -> JobSpec:
+        return JobSpec.model_validate(
+            {
+                "name": name,
+                "framework": "torch",
+                "model": {"arch": arch},
+                "dataset": {"name": dataset, "image_size": 64},
+            }
+        )
+
+    twin, own_data, own_model = (
+        spec("t", "alexnet", "synthetic"),
+        spec("d", "alexnet", "own.data:load"),
+        spec("m", "torchnets:build", "cifar100"),
+    )
+    assert own_data.dataset.classes is None and own_model.dataset.classes == 100
+    assert disk.need(own_data) is None and disk.need(own_model) is None and disk.need(twin) is not None
+    line, short = disk.check([twin, own_data, own_model], tmp_path)
+    assert line.startswith("checkpoints: the 1 job(s) to run write up to") and not short
+    assert "besides 2 job(s) of zoo or user models or user datasets, not sized here" in line
 
 
 # --- identity: a code file changes, the jobs that use the folder run again ------------------------------

@@ -17,6 +17,7 @@ MAX_FILES = 5_000  # files and folders
 MAX_BYTES = 100 << 20  # 100 MiB
 IGNORED_FOLDERS = frozenset({"__pycache__"})  # Python's bytecode caches change with every import, not the code
 IGNORED_SUFFIXES = (".pyc",)
+GRIDRUN_PACKAGES = ("runner", "schemas")  # what the worker itself imports by these names
 # What a module may be in the folder: a file or a package.
 _MODULE_FORMS = ("{}.py", "{}/__init__.py")
 
@@ -41,7 +42,14 @@ def resolve(suite_file: Path, code: str) -> Path:
             f"Fix: code: {_cut(str(Path(code).parent))}, with e.g. model.arch: {Path(code).stem}:build."
         )
     resolved = folder.resolve()
-    files(resolved, where)
+    # Top-level names: a package's folder, a module's file without .py.
+    tops = {rel.partition("/")[0] if "/" in rel else Path(rel).stem for rel, _ in files(resolved, where)}
+    hidden = sorted(tops & set(GRIDRUN_PACKAGES))
+    if hidden:
+        raise UserError(
+            f"{where} holds a module or package named {hidden[0]}, which would hide gridrun's own package "
+            f"{hidden[0]} from the worker (the folder comes first on its import path). Fix: rename yours."
+        )
     return resolved
 
 
