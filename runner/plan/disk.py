@@ -12,7 +12,6 @@ from pathlib import Path
 
 from runner.train import data
 from schemas import JobSpec
-from schemas.registry import DATASETS
 
 FLOAT_BYTES = 4
 
@@ -30,11 +29,12 @@ class Need:
         return self.last + self.best
 
 
-def _classes(spec: JobSpec) -> int:
-    """The dataset's classes as declared; for a folder of the user's, its class sub-folders (10 while absent)."""
+def _classes(spec: JobSpec) -> int | None:
+    """The dataset's classes as declared; for a folder of the user's, its class sub-folders (10 while absent);
+    None for the user's own dataset function, whose classes only running it tells (the worker does)."""
     ds = spec.dataset
-    declared = DATASETS[ds.name].classes
-    if declared is not None:
+    declared = ds.classes
+    if declared is not None or ds.user:
         return declared
     root = Path(ds.path or "").expanduser()
     return max(1, len(data.class_folders(root))) if ds.path and root.is_dir() else 10
@@ -42,8 +42,9 @@ def _classes(spec: JobSpec) -> int:
 
 def need(spec: JobSpec) -> Need | None:
     """The checkpoint bytes of one job (upper bound: BatchNorm buffers and metadata are left out); None for
-    a zoo model, which only its library can count."""
-    counted = spec.model.parameters(_classes(spec))
+    a zoo or user model, which only its library or code can count, and for a dataset of the user's function."""
+    classes = _classes(spec)
+    counted = spec.model.parameters(classes) if classes is not None else None
     if counted is None:
         return None
     total, trainable = counted
@@ -74,7 +75,7 @@ def check(specs: list[JobSpec], results: Path | None) -> tuple[str, bool]:
         f"(largest: {max(needs, key=lambda n: n.total).job}, {_gb(max(n.total for n in needs))})"
     )
     if uncounted:
-        line += f", besides {uncounted} zoo-model job(s) not sized here"
+        line += f", besides {uncounted} job(s) of zoo or user models or user datasets, not sized here"
     if results is None:
         return line, False
     free = free_bytes(results)
