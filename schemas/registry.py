@@ -12,6 +12,7 @@ Adding one is its module and its entry here:
 - an architecture: an Arch entry (its parameter arithmetic, smallest image, hidden width, ImageNet
   weights per framework) and, in each framework's models module, one ARCHS entry with its builder.
 - a dataset: a loader `load(spec, cache) -> Splits` (runner.train.data calls it); a Dataset entry.
+  A spec may also name `<module>:<function>` of the suite's code: folder (USER_DATASET stands for it).
 - an executor: an `Executor` subclass (runner.execute.get makes one); an Executor entry.
 
 tests/test_registry.py checks that every entry's code exists and agrees with its declaration.
@@ -300,6 +301,23 @@ ZOOS: dict[str, Zoo] = {
 
 # `<module>:<function>`: the user's own model or dataset, from the suite's code: folder.
 USER_REF = re.compile(r"[A-Za-z_]\w{0,99}(\.[A-Za-z_]\w{0,99}){0,9}:[A-Za-z_]\w{0,99}")
+
+
+def is_user_ref(name: str) -> bool:
+    """Whether a model or dataset name is the user's own `<module>:<function>`."""
+    return ":" in name
+
+
+def check_user_ref(name: str, what: str, example: str) -> str:
+    """`name` when it is a well-formed `<module>:<function>`; else ValueError with the fix."""
+    if not USER_REF.fullmatch(name):
+        raise ValueError(
+            f"{what} {excerpt(name)} is not <module>:<function>: use a Python module path and a function "
+            f"name, e.g. {example} (the module lives in the suite's code: folder)"
+        )
+    return name
+
+
 # A zoo's model name; timm's may carry a pretrained tag after a dot (resnet50.a1_in1k).
 _ZOO_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
@@ -318,13 +336,8 @@ class ModelRef(NamedTuple):
 
 def model_ref(arch: str) -> ModelRef:
     """Parse a `model.arch`; ValueError with the fix when it names nothing gridrun can build."""
-    if ":" in arch:
-        if not USER_REF.fullmatch(arch):
-            raise ValueError(
-                f"model {excerpt(arch)} is not <module>:<function>: use a Python module path and a function "
-                "name, e.g. mynets:build (the module lives in the suite's code: folder)"
-            )
-        return ModelRef("user", arch)
+    if is_user_ref(arch):
+        return ModelRef("user", check_user_ref(arch, "model", "mynets:build"))
     if "." in arch:
         prefix, name = arch.split(".", 1)
         if prefix not in ZOOS:
@@ -410,9 +423,17 @@ class Dataset:
     name: str
     description: str
     loader: str  # "module:function", load(spec: DatasetSpec, cache: Path) -> Splits
-    classes: int | None  # None: one per sub-folder of dataset.path
+    classes: int | None  # None: known once loaded (one per sub-folder of dataset.path, or the user's function's)
     needs_path: bool = False  # dataset.path is required: the images are the user's own
     download: Download | None = None  # None: nothing to download (made in memory, or the user's folder)
+    display: str = ""  # as messages say it: CIFAR-10
+    # Sets of labels a spec may pick with dataset.labels, each with its classes; the first is the default.
+    label_sets: Mapping[str, int] = field(default_factory=dict)
+    user: bool = False  # the user's own <module>:<function> (USER_DATASET)
+
+    @property
+    def shown(self) -> str:
+        return self.display or self.name
 
     @property
     def offline(self) -> bool:
@@ -434,6 +455,22 @@ DATASETS: dict[str, Dataset] = {
                 "cifar-10-batches-py",
                 (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"),
             ),
+            display="CIFAR-10",
+        ),
+        Dataset(
+            "cifar100",
+            "CIFAR-100: 50,000 training and 10,000 test images of 32 px, 100 classes in 20 superclasses "
+            "(dataset.labels: fine or coarse)",
+            "runner.train.data:load_cifar100",
+            classes=100,
+            download=Download(
+                "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                "eb9058c3a382ffc7106e4002c42a8d85",
+                "cifar-100-python",
+                ("train", "test", "meta"),
+            ),
+            display="CIFAR-100",
+            label_sets={"fine": 100, "coarse": 20},
         ),
         Dataset(
             "digits", "scikit-learn's 1,797 handwritten digits of 8 px", "runner.train.data:load_digits", classes=10
@@ -448,6 +485,22 @@ DATASETS: dict[str, Dataset] = {
         ),
     )
 }
+
+
+# What a spec's `dataset.name: <module>:<function>` stands for: the images the user's function returns
+# (runner.train.userdata calls it), their classes known once it has run.
+USER_DATASET = Dataset(
+    "<module>:<function>",
+    "your own function's images, from the suite's code: folder",
+    "runner.train.userdata:load",
+    classes=None,
+    user=True,
+)
+
+
+def dataset_of(name: str) -> Dataset:
+    """The entry of a dataset name a spec accepted: a registered dataset, or USER_DATASET for <module>:<function>."""
+    return USER_DATASET if is_user_ref(name) else DATASETS[name]
 
 
 # --- executors ---------------------------------------------------------------------------------------
@@ -500,6 +553,7 @@ class Registered:
     table: Mapping[str, Any]
     kind: str
     extra: tuple[str, ...] = ()  # names that are not entries, e.g. executor "auto"
+    own: str = ""  # an example `<module>:<function>`: the user's own names are accepted too (USER_REF)
 
     def choices(self) -> list[str]:
         return [*self.extra, *self.table]
@@ -507,14 +561,20 @@ class Registered:
     def check(self, value: str) -> str:
         if value in self.table or value in self.extra:
             return value
+        if self.own and is_user_ref(value):
+            return check_user_ref(value, self.kind, self.own)
         close = difflib.get_close_matches(value, self.choices(), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown {self.kind} {excerpt(value)}{hint}: use {quoted(self.choices())}")
+        mine = f", or <module>:<function> of your own (e.g. {self.own})" if self.own else ""
+        raise ValueError(f"unknown {self.kind} {excerpt(value)}{hint}: use {quoted(self.choices())}{mine}")
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
         return core_schema.no_info_after_validator_function(self.check, handler(source))
 
     def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> Any:
         out = handler(schema)
-        out["enum"] = self.choices()
+        if self.own:
+            out["anyOf"] = [{"enum": self.choices()}, {"pattern": f"^{USER_REF.pattern}$"}]
+        else:
+            out["enum"] = self.choices()
         return out

@@ -100,9 +100,9 @@ def models(
     if needle and not shown:
         console.print(f"no model name here contains {excerpt(contains)}", highlight=False)
     console.print(
-        "Your own model: model.arch: <module>:<function>, the function (num_classes, weights_path_or_None) "
-        "returning a torch.nn.Module or a keras.Model, its module in the suite's code: folder; this version "
-        "refuses it until the code: folder lands.",
+        "Your own model: model.arch: <module>:<function>, from the suite's code: folder; the function takes "
+        "(num_classes, weights_path_or_None) and returns a torch.nn.Module (framework torch) or a keras.Model "
+        "(framework tensorflow). See the README's 'Your own models and datasets'.",
         highlight=False,
     )
 

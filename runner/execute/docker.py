@@ -23,6 +23,8 @@ from runner.execute.base import (
     Executor,
     Launch,
     Outcome,
+    code_env,
+    code_problem,
     epoch_reached,
     signal_reason,
     worker_command,
@@ -34,6 +36,7 @@ PROJECT_LABEL = "gridrun"  # every container gridrun starts carries gridrun=1
 OWNER_LABEL = "gridrun.owner"  # host:pid:start-time of the process that started it
 RESULTS_IN = PurePosixPath("/results")  # the suite's results folder is /results/<suite>
 CACHE_IN = PurePosixPath("/cache")
+CODE_IN = PurePosixPath("/gridrun/code")  # the suite's code: folder
 PIDS_LIMIT = 4096  # threads count as pids: TensorFlow alone starts a few hundred
 SHM_MAX = 8 * 2**30  # /dev/shm for data-loading workers, at most half the memory limit
 NOBODY = (65534, 65534)  # for an image that names no unprivileged user of its own
@@ -166,6 +169,9 @@ def container_config(
     # Data and weights outside the cache: the loader made them absolute; same path inside, read-only.
     for extra in _input_paths(spec):
         mounts.append(Mount(extra, extra, type="bind", read_only=True))
+    code = launch.spec_file.code
+    if code:  # the user's modules, on the import path and out of reach of their own writes
+        mounts.append(Mount(str(CODE_IN), str(Path(code).resolve()), type="bind", read_only=True))
     memory = int(spec.resources.memory_gb * 2**30) if spec.resources.memory_gb else int(memory_total * 0.9)
     env = {
         **worker_env(launch, "docker"),
@@ -177,6 +183,7 @@ def container_config(
         # write under HOME, and getpass.getuser() (torch.compile's cache) reads USER first.
         "HOME": "/tmp",
         "USER": "gridrun",
+        **(code_env(str(CODE_IN)) if code else {}),
     }
     suite, job = launch.spec_file.suite, launch.spec_file.job
     return {
@@ -224,6 +231,9 @@ class DockerExecutor(Executor):
             return Outcome(2, str(e))
         if image is None:
             return Outcome(2, f"image {name} not built. Fix: run `make images` (or `gridrun images build`)")
+        problem = code_problem(launch)
+        if problem:
+            return Outcome(2, problem)
         user, lend_to = container_user(os.getuid(), os.getgid(), image.attrs.get("Config", {}).get("User", ""))
         launch.paths.dir.mkdir(parents=True, exist_ok=True)
         launch.cache.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,8 @@ class PlannedJob:
     why: str
     store: JobStore  # the job's folder in the results store
     identity: Identity  # what the result depends on, recorded in spec.json
-    parameters: Parameters | None = None  # None: its library is not installed here to count it
+    code: str = ""  # the suite's code: folder, for a job that imports from it
+    parameters: Parameters | None = None  # None: not counted here (user code, or its library not installed)
 
     @property
     def spec(self) -> JobSpec:
@@ -134,13 +135,15 @@ def make_plan(
     holder = suite.holder()  # a live driver of this suite folder: its queued and running jobs are not stale
     plan = []
     runtimes: dict[tuple[str, str], tuple[dict[str, str], str]] = {}  # one look at the packages or daemon each
+    # The code folder is read once, and only when some job imports from it.
+    user_code = identity.folder_hash(loaded.code_files()) if any(p.spec.code_refs() for p in prepared) else ""
     for ready in prepared:
         declared = ready.declared
         choice = ready.executor or choose(executor or declared.executor, ready.spec, say=say)
         key = (ready.spec.framework, choice.image)
         if key not in runtimes:
             runtimes[key] = identity.runtime(ready.spec.framework, choice)
-        ident = identity.identify(ready.spec, *runtimes[key])
+        ident = identity.identify(ready.spec, *runtimes[key], user_code=user_code)
         store = suite.job(declared.name)
         action, why = _decide(store, ident, ready, force, holder)
         old = store.read_spec() if action == "run" else None
@@ -157,7 +160,8 @@ def make_plan(
                 why,
                 store,
                 ident,
-                (counts or {}).get(declared.name) or ready.spec.model.parameters(models.classes(ready.spec)),
+                str(loaded.code) if ready.spec.code_refs() and loaded.code else "",
+                (counts or {}).get(declared.name) or models.arithmetic(ready.spec),
             )
         )
     return plan

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.plan.models import classes
+from runner.plan.models import arithmetic
 from schemas import JobSpec
 from schemas.registry import Parameters
 
@@ -34,8 +34,9 @@ class Need:
 
 def need(spec: JobSpec, counted: Parameters | None = None) -> Need | None:
     """The checkpoint bytes of one job (upper bound: BatchNorm buffers and metadata are left out), from its
-    parameter counts (a twin's by default); None when it has none (a library not installed here)."""
-    counted = counted or spec.model.parameters(classes(spec))
+    parameter counts (a twin's by default); None when it has none: a zoo model whose library is not installed
+    here, a user's model, a dataset of the user's function."""
+    counted = counted or arithmetic(spec)
     if counted is None:
         return None
     total, trainable = counted
@@ -70,7 +71,7 @@ def check(
         f"(largest: {max(needs, key=lambda n: n.total).job}, {_gb(max(n.total for n in needs))})"
     )
     if uncounted:
-        line += f", besides {uncounted} job(s) whose model's library is not installed here to count it"
+        line += f", besides {uncounted} job(s) not counted here (user code, or a library not installed here)"
     if results is None:
         return line, False
     free = free_bytes(results)

@@ -13,24 +13,36 @@ from runner.suite import LoadedSuite
 from runner.train import data
 from runner.train.probe import Catalog, Request
 from schemas import JobSpec
-from schemas.registry import DATASETS, Parameters, model_ref, unknown_zoo_model
+from schemas.registry import Parameters, model_ref, unknown_zoo_model
 
-__all__ = ["Catalog", "check", "classes", "counts", "problems"]
+__all__ = ["Catalog", "arithmetic", "check", "classes", "counts", "problems"]
 
 
-def classes(spec: JobSpec) -> int:
-    """The dataset's classes as declared; for a folder of the user's, its class sub-folders (10 while absent)."""
+def classes(spec: JobSpec) -> int | None:
+    """The dataset's classes as declared; for a folder of the user's, its class sub-folders (10 while absent);
+    None for the user's own dataset function, whose classes only running it tells (the worker does)."""
     ds = spec.dataset
-    declared = DATASETS[ds.name].classes
-    if declared is not None:
+    declared = ds.classes
+    if declared is not None or ds.user:
         return declared
     root = Path(ds.path or "").expanduser()
     return max(1, len(data.class_folders(root))) if ds.path and root.is_dir() else 10
 
 
+def arithmetic(spec: JobSpec) -> Parameters | None:
+    """A twin's parameters, by its declaration's arithmetic; None for any other model, or unknown classes."""
+    n = classes(spec)
+    return spec.model.parameters(n) if n is not None else None
+
+
+# A head for the checks of a job whose classes only its data tells: what a model takes does not depend on it.
+CHECK_CLASSES = 10
+
+
 def request(spec: JobSpec) -> Request:
     m = spec.model
-    return Request(m.arch, classes(spec), m.classifier_width, m.freeze_backbone, spec.dataset.image_size)
+    n = classes(spec) or CHECK_CLASSES
+    return Request(m.arch, n, m.classifier_width, m.freeze_backbone, spec.dataset.image_size)
 
 
 def problems(specs: list[JobSpec], catalog: Catalog) -> list[tuple[JobSpec, str]]:
@@ -80,14 +92,15 @@ def check(loaded: LoadedSuite, catalog: Catalog) -> None:
 
 
 def counts(specs: list[JobSpec], catalog: Catalog) -> dict[str, Parameters]:
-    """Total and trainable parameters of each job that can be counted here: every twin, and each zoo model
-    whose library is installed (the name of a job maps to its counts)."""
+    """Total and trainable parameters of each job that can be counted here (the name of a job maps to its
+    counts): a twin, and a zoo model whose library is installed, on a dataset whose classes are declared; a
+    user's model only its code counts, when it runs."""
     out: dict[str, Parameters] = {}
-    zoo = [s for s in specs if model_ref(s.model.arch).zoo is not None]
-    facts = catalog.facts(request(s) for s in zoo)
-    for spec in specs:
+    counted = [s for s in specs if classes(s) is not None]
+    facts = catalog.facts(request(s) for s in counted if model_ref(s.model.arch).zoo is not None)
+    for spec in counted:
         if spec.model.twin:
-            out[spec.name] = spec.model.parameters(classes(spec))  # type: ignore[assignment]
+            out[spec.name] = arithmetic(spec)  # type: ignore[assignment]
         elif (found := facts.get(request(spec))) is not None and found.parameters is not None:
             out[spec.name] = found.parameters
     return out

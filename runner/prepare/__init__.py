@@ -23,7 +23,7 @@ from runner.prepare import inputs
 from runner.store import Storage
 from runner.train import data, probe, weights
 from schemas import JobSpec, Substitution
-from schemas.registry import model_ref
+from schemas.registry import Dataset, model_ref
 
 DOWNLOAD_TIMEOUT_S = 30
 
@@ -125,7 +125,8 @@ class Preparer:
             return
         sub = Substitution(kind="dataset", wanted=ds.name, used=ds.fallback, reason=problem)
         self._announce(f"SUBSTITUTE job {out.spec.name}: dataset {ds.fallback} stands in for {ds.name}", problem)
-        out.spec.dataset = ds.model_copy(update={"name": ds.fallback, "fallback": None, "path": None})
+        # A substitute has none of what belongs to the dataset it stands in for: its folder, its sets of labels.
+        out.spec.dataset = ds.model_copy(update={"name": ds.fallback, "fallback": None, "path": None, "labels": None})
         out.substitutions.append(sub)
 
     def _weights(self, out: Prepared) -> None:
@@ -151,29 +152,32 @@ class Preparer:
         missing = data.missing_files(ds, self.cache)
         if not missing:
             return ""
-        if ds.name != "cifar10":
+        declared = ds.declared
+        if declared.download is None:
             return f"{missing[0]} does not exist; fix: create it or point dataset.path at it"
-        root = data.cifar10_root(ds, self.cache)
-        key = f"cifar10:{root}"
+        root = data.download_root(ds, self.cache)
+        key = f"{ds.name}:{root}"
         if key not in self._fetched:
-            self._fetched[key] = self._fetch_cifar10(root)
+            self._fetched[key] = self._fetch(declared, root)
         return self._fetched[key]
 
-    def _fetch_cifar10(self, root: Path) -> str:
-        where = root / data.CIFAR10_FOLDER
+    def _fetch(self, declared: Dataset, root: Path) -> str:
+        """Download and extract a dataset's archive into `root`: '' when done, else why it could not be."""
+        download = declared.download
+        assert download is not None
         try:
             if not self.download:  # `gridrun plan`: say what `run` would do, without the download
-                _reachable(data.CIFAR10_URL)
+                _reachable(download.url)
                 return ""
-            self.say(f"prepare: downloading CIFAR-10 into {root}")
-            archive = _download(data.CIFAR10_URL, root / "cifar-10-python.tar.gz", md5=data.CIFAR10_MD5)
+            self.say(f"prepare: downloading {declared.shown} into {root}")
+            archive = _download(download.url, root / download.url.rsplit("/", 1)[-1], md5=download.md5)
             with tarfile.open(archive) as tar:
                 tar.extractall(root, filter="data")
             archive.unlink()
         except (OSError, ValueError, tarfile.TarError) as e:
             return (
-                f"CIFAR-10 is not in {where} and could not be downloaded ({_short(e)}); "
-                f"fix: extract {data.CIFAR10_URL} into {root}"
+                f"{declared.shown} is not in {root / download.folder} and could not be downloaded ({_short(e)}); "
+                f"fix: extract {download.url} into {root}"
             )
         return ""
 

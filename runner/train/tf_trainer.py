@@ -347,7 +347,10 @@ class Run:
             if spec.model.freeze_backbone:
                 tf_models.freeze_backbone(self.model)
         else:
-            zoo = keras_zoo.build(spec.model, s.num_classes, spec.dataset.image_size, weights)
+            own = model_ref(spec.model.arch).kind == "user"
+            zoo = (keras_zoo.user if own else keras_zoo.build)(
+                spec.model, s.num_classes, spec.dataset.image_size, weights
+            )
             for note in zoo.notes:
                 ctx.log(note)
             if spec.model.freeze_backbone:

@@ -1,4 +1,4 @@
-"""torchvision's and timm's models for a PyTorch job.
+"""torchvision's and timm's models for a PyTorch job, and the user's own (`user`).
 
 A zoo model is the library's own network: built as the library builds it (with the dataset's classes
 when it starts from random weights; with the library's classes, its ImageNet weights loaded, then a
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from runner.errors import UserError
+from runner.train import usercode
 from schemas import ModelSpec
 from schemas.registry import ModelRef, model_ref, unknown_zoo_model
 
@@ -243,12 +244,10 @@ def output_problem(model: nn.Module, classes: int, image_size: int, what: str) -
             f"{what} does not take images of {image_size} px ({type(e).__name__}: {line}). "
             "Fix: set dataset.image_size to a size the model takes (224 fits every ImageNet model)"
         )
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, classes):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        return (
-            f"{what} returns {shape} for a batch of 2 images, not logits of shape (2, {classes}). Fix: make the "
-            f"model end in a layer of num_classes outputs ({classes} here) and return its output alone"
-        )
+    try:
+        usercode.check_logits(out, classes, what)
+    except UserError as e:
+        return str(e)
     return ""
 
 
@@ -259,4 +258,33 @@ def check_output(model: nn.Module, classes: int, image_size: int, what: str) -> 
         raise UserError(problem)
 
 
-__all__ = ["Built", "build", "check_output", "freeze", "names", "output_problem", "timm_tagged", "train_mode"]
+def user(spec: ModelSpec, classes: int, image_size: int, weights: Path | None) -> Built:
+    """The user's own network: `function(num_classes, weights_path_or_None)` of the suite's code: folder, which
+    must return a torch.nn.Module taking normalised float images (B, 3, image_size, image_size) to logits
+    (B, classes). It loads its weights file itself; what it leaves trainable trains (no head of gridrun's)."""
+    arch, field = spec.arch, "model.arch"
+    model, note = usercode.model(arch, classes, weights, nn.Module, "a torch.nn.Module", "return MyNet(num_classes)")
+    device = next(model.parameters(), torch.empty(0)).device
+    model.eval()  # as evaluation runs it: BatchNorm statistics stay, dropout is off
+    with torch.no_grad():
+        out = usercode.run(
+            field,
+            arch,
+            lambda: model(torch.zeros(2, 3, image_size, image_size, device=device)),
+            f"its forward pass on 2 images of {image_size} px",
+        )
+    usercode.check_logits(out, classes, f"{field} {arch}")
+    return Built(model, [], None, notes=[note])
+
+
+__all__ = [
+    "Built",
+    "build",
+    "check_output",
+    "freeze",
+    "names",
+    "output_problem",
+    "timm_tagged",
+    "train_mode",
+    "user",
+]
