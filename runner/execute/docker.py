@@ -75,13 +75,13 @@ def probe(spec: JobSpec, build: bool = False, say: Callable[[str], None] = print
         need = f"image {name} was built from other code (only its code layer is rebuilt)"
     if not build:
         return True, f"{need}; `run` builds it first"
-    return _build(client, spec.framework, need, say)
+    return _build(spec.framework, need, say)
 
 
 _FAILED_BUILDS: dict[tuple[str, str], str] = {}  # (tag, source hash) -> why: each failing build is tried once
 
 
-def _build(client: Any, framework: str, need: str, say: Callable[[str], None]) -> tuple[bool, str]:
+def _build(framework: str, need: str, say: Callable[[str], None]) -> tuple[bool, str]:
     key = (images.tag(framework), images.source_hash(framework))
     if key in _FAILED_BUILDS:
         return False, _FAILED_BUILDS[key]
@@ -93,7 +93,9 @@ def _build(client: Any, framework: str, need: str, say: Callable[[str], None]) -
     try:
         # The build's outline only: the first line of each step.
         steps = lambda text: say(text.splitlines()[0]) if text.startswith("Step ") else None  # noqa: E731
-        built = images.build(framework, ca=images.pip_cert(), client=client, say=steps)
+        # Not the probe's client: its 5 s read timeout fails a build whose step is silent for longer
+        # (copying a framework's layer on a busy daemon); images.build connects with its own.
+        built = images.build(framework, ca=images.pip_cert(), say=steps)
     except Exception as e:  # a build fails in many ways (UserError, the SDK's API and stream errors)
         _FAILED_BUILDS[key] = f"{need}, and building it failed: {e}"
         return False, _FAILED_BUILDS[key]
