@@ -17,7 +17,7 @@ from runner.errors import UserError
 from runner.store.layout import JobPaths, link_refusal, write_json
 from runner.train import data
 from runner.train import frameworks as trainers
-from runner.train.common import TrainContext, log
+from runner.train.common import TrainContext, announce, log
 from runner.train.tbextras import write_run_extras
 
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     spec = spec_file.spec
     for sub in spec_file.substitutions:
-        log(f"SUBSTITUTE {sub.kind}: {sub.used} stands in for {sub.wanted} ({sub.reason})")
+        announce(sub)
     try:
         log(
             f"job {spec_file.suite}/{spec_file.job}: {spec.framework} {spec.model.arch} "
