@@ -20,7 +20,8 @@ keeps what it measured. Exit code 1 when a case failed (its log's end is in the 
 
 Without a CUDA device, or with --tiny, the same cases run at sizes a CPU trains in seconds (tests/test_gpu_check.py
 does this, so the script cannot break unnoticed): jobs that reserve a GPU then declare resources.gpu_fallback:
-cpu, and the figures only show that the path works.
+cpu, the compiled twins are skipped on a CPU (the trainer compiles on CUDA only), and the figures only show that
+the path works.
 
 On the H200 machine (Python 3.12 with torch, torchvision, timm and tensorboard; no Ray, TensorFlow, Docker or
 pydantic), the worker needs pydantic, which travels as wheels. Once, in the repository root here:
@@ -230,8 +231,8 @@ def worker_figures(run: WorkerRun, result: RunResult) -> dict[str, Any]:
         "total_parameters": result.total_parameters,
         "dataset_sizes": result.dataset_sizes,
         "wall_seconds": run.wall_seconds,
-        # Python's start and the imports: the process ran this long before its timer started.
-        "startup_seconds": max(0.0, run.wall_seconds - t.total_seconds),
+        # Outside the run's own timer: Python's start and the imports before it, TensorBoard's extras after it.
+        "untimed_seconds": max(0.0, run.wall_seconds - t.total_seconds),
         "data_seconds": t.data_seconds,
         "train_seconds": t.train_seconds,
         "eval_seconds": t.eval_seconds,
@@ -365,7 +366,7 @@ def measure_case(case: Case, args: argparse.Namespace, root: Path, device: torch
         print(
             f"{case.name:22} {case.arch} {case.image_size}px batch {case.batch:<4} worker "
             f"{w['images_per_second']:>9,.0f} img/s   bare {b['images_per_second']:>9,.0f} img/s   "
-            f"ratio {entry['ratio']:.3f}   (wall {w['wall_seconds']:.0f} s, start-up {w['startup_seconds']:.1f} s)",
+            f"ratio {entry['ratio']:.3f}   (wall {w['wall_seconds']:.0f} s, untimed {w['untimed_seconds']:.1f} s)",
             flush=True,
         )
     except Exception as e:  # one case's failure is recorded; the others still run
@@ -433,9 +434,9 @@ def cifar10_sizes(spec: JobSpec) -> tuple[int, int]:
 
 
 def project(figures: dict[str, Any], suffix: str = "", batch_case: str | None = None) -> dict[str, Any] | None:
-    """Seconds of the study's PyTorch runs, one after the other on one GPU, from a measured case's figures:
-    start-up, data, warm-up once; then per epoch its training images at the steady rate, its evaluation, and
-    what else an epoch cost (checkpoints). None when the case it needs was not measured."""
+    """Seconds of the study's PyTorch runs, one after the other on one GPU, from a measured case's figures: what
+    ran outside the run's timer, data and warm-up once; then per epoch its training images at the steady rate, its
+    evaluation, and what else an epoch cost (checkpoints). None when the case it needs was not measured."""
     jobs, total = [], 0.0
     for spec in study_torch_jobs():
         name = batch_case or f"{spec.model.arch}-b{spec.train.batch_size}"
@@ -446,7 +447,7 @@ def project(figures: dict[str, Any], suffix: str = "", batch_case: str | None = 
         epochs = spec.train.epochs
         per_epoch = train / measured["images_per_second"] + evaluated / max(measured["eval_images_per_second"], 1e-9)
         per_epoch += measured["other_seconds"] / len(measured["epochs_images_per_second"])
-        seconds = measured["startup_seconds"] + measured["data_seconds"] + measured["warmup_seconds"]
+        seconds = measured["untimed_seconds"] + measured["data_seconds"] + measured["warmup_seconds"]
         seconds += epochs * per_epoch
         jobs.append({"job": spec.name, "epochs": epochs, "train_images": train, "eval_images": evaluated,
                      "from_case": name + suffix, "seconds": seconds})  # fmt: skip
@@ -520,7 +521,11 @@ def main(argv: list[str] | None = None) -> int:
         if not wanted or "shared-gpu" in wanted:
             measure_shared(next(c for c in all_cases if c.name == "alexnet-b512"), args, root, device, check)
         for case in [c for c in selected if c.compile]:
-            measure_case(case, args, root, device, check)
+            if cuda:
+                measure_case(case, args, root, device, check)
+            else:  # the trainer compiles on CUDA only: on a CPU the run would be its plain twin's again
+                figures["runs"][case.name] = {"case": asdict(case), "skipped": "torch.compile is used on CUDA only"}
+                print(f"{case.name:22} skipped: the trainer uses torch.compile on CUDA only", flush=True)
         check.save()
     print_projection(figures["projection"], tiny)
     print(f"figures: {args.out}")
