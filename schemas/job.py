@@ -307,6 +307,12 @@ class ResourcesSpec(Strict):
     """What the scheduler reserves for the run."""
 
     gpus: float = Field(0, ge=0, le=64, description="GPUs; fractions below 1 share a GPU.")
+    gpu_fallback: Literal["cpu"] | None = Field(
+        None,
+        description="Declared substitute when the framework cannot use the GPUs reserved (no driver, a CPU-only "
+        "build, a Docker daemon without the NVIDIA runtime): cpu = train on the CPU, announced and recorded. "
+        "Without it such a job fails at its start, naming the cause.",
+    )
     cpus: float = Field(1, gt=0, le=1024, description="CPU cores.")
     memory_gb: float | None = Field(None, gt=0, le=MAX_MEMORY_GB, description="Host memory limit in GiB.")
     timeout_minutes: float | None = Field(
