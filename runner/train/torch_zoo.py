@@ -64,10 +64,15 @@ def known(ref: ModelRef) -> bool:
     return ref.name in names(ref.zoo.prefix)
 
 
-def _torchvision(name: str, classes: int) -> nn.Module:
+def _torchvision(name: str, classes: int, pretrained: bool = False) -> nn.Module:
     import torchvision
 
-    return torchvision.models.get_model(name, weights=None, num_classes=classes, **_NO_AUX.get(name, {}))
+    kwargs = dict(_NO_AUX.get(name, {}))
+    if pretrained and name in _NO_AUX:
+        # Their ImageNet weights were trained on inputs normalised another way; torchvision's own builders
+        # turn the conversion on whenever they load them.
+        kwargs["transform_input"] = True
+    return torchvision.models.get_model(name, weights=None, num_classes=classes, **kwargs)
 
 
 def _timm(name: str, classes: int | None) -> nn.Module:
@@ -172,7 +177,7 @@ def build(spec: ModelSpec, classes: int, weights: Path | None) -> Built:
     if weights is None:
         model = _timm(ref.name, classes) if timm else _torchvision(ref.name, classes)
     else:
-        model = _timm(ref.name, None) if timm else _torchvision(ref.name, IMAGENET_CLASSES)
+        model = _timm(ref.name, None) if timm else _torchvision(ref.name, IMAGENET_CLASSES, pretrained=True)
         loaded = load_state(model, weights, spec.arch)
         notes.append(f"weights: loaded {loaded} tensors from {weights}")
     final, layer = _final_layer(model)
