@@ -382,11 +382,9 @@ def measure_shared(base: Case, args: argparse.Namespace, root: Path, device: tor
     entry: dict[str, Any] = {"case": asdict(base), "fraction": 0.5}
     check.figures["shared_gpu"] = entry
     try:
-        runs = []
-        for i in (1, 2):
-            spec = replace(base, name=f"shared-{i}").spec(args.epochs, gpus=0.5, fallback=not cuda)
-            runs.append(start_worker(write_job(root, spec), root / "cache", fraction=0.5))
+        specs = [replace(base, name=f"shared-{i}").spec(args.epochs, gpus=0.5, fallback=not cuda) for i in (1, 2)]
         t0 = time.perf_counter()
+        runs = [start_worker(write_job(root, spec), root / "cache", fraction=0.5) for spec in specs]
         errors, jobs = [], []
         for run in runs:
             try:

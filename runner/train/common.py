@@ -65,9 +65,8 @@ class TrainContext:
 
 # The fix when a framework with CUDA finds no NVIDIA device.
 NO_DEVICE_FIX = (
-    "check that `nvidia-smi` lists the GPU on this machine (in a container, the NVIDIA Container Toolkit passes it "
-    "in); where Ray declares GPUs the machine does not have (`gridrun run --gpus` on a CPU machine), there is none "
-    "to use"
+    "check that `nvidia-smi` lists the GPU here (a container gets it through the NVIDIA Container Toolkit; "
+    "`gridrun run --gpus` on a CPU machine declares GPUs that are not there)"
 )
 
 
@@ -87,8 +86,8 @@ def gpu_unusable(ctx: TrainContext, framework: str, cause: str, fix: str) -> Non
     job declares resources.gpu_fallback: cpu, in which case the CPU stands in, announced and recorded."""
     gpus = ctx.spec.resources.gpus
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    seen = f"CUDA_VISIBLE_DEVICES={visible if visible is not None else '(unset)'}, device files: "
-    seen += ", ".join(nvidia_devices()) or "none"
+    seen = f"CUDA_VISIBLE_DEVICES={visible if visible is not None else '(unset)'}, "
+    seen += ", ".join(nvidia_devices()) or "no /dev/nvidia*"
     if ctx.spec.resources.gpu_fallback == "cpu":
         sub = Substitution(
             kind="device",
@@ -101,8 +100,8 @@ def gpu_unusable(ctx: TrainContext, framework: str, cause: str, fix: str) -> Non
         return
     raise UserError(
         f"the job reserved {gpus:g} GPU(s) but {framework} on {socket.gethostname()} can use none: {cause} ({seen}). "
-        f"Fix: {fix}; or set resources.gpus: 0 to train on the CPU, or declare resources.gpu_fallback: cpu to train "
-        "there when no GPU is usable"
+        f"Fix: {fix}; or set resources.gpus: 0, or resources.gpu_fallback: cpu to train on the CPU when no GPU is "
+        "usable"
     )
 
 

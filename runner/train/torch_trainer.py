@@ -60,7 +60,7 @@ def no_cuda_cause() -> tuple[str, str]:
             "install a CUDA build of torch here (PyPI's Linux x86-64 wheels are one: pip install torch), "
             "or run the job in gridrun's torch image (--executor docker)"
         )
-    return f"CUDA {torch.version.cuda} build, {said}", NO_DEVICE_FIX
+    return f"CUDA {torch.version.cuda} build: {said}", NO_DEVICE_FIX
 
 
 def device_name(device: torch.device) -> str:
