@@ -54,7 +54,7 @@ POLL_S = 0.2  # how often a trial looks for its worker's next epoch
 STOP_WAIT_S = 60  # how long a stopped trial waits for its worker to end (a container's stop takes seconds)
 # Tune's own loggers would write a second result.json, CSV and events per trial beside gridrun's; its SIGINT
 # handler stays: it saves the experiment's state before it stops, which is what a resume continues from.
-TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_RESULT_BUFFER_LENGTH": "1"}
+TUNE_ENV = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "TUNE_RESULT_BUFFER_LENGTH": "1", "RAY_AIR_NEW_OUTPUT": "0"}
 
 
 @dataclass(frozen=True)
@@ -212,6 +212,14 @@ class GridrunTrial(tune.Trainable):
         base.update(state=JobState.FAILED, exit_code=exit_code, reason=reason, finished_at=now())
         self.store.write_status(RunStatus.model_validate(base))
         raise TrialFailed(reason)
+
+    def save_checkpoint(self, checkpoint_dir: str) -> dict[str, int]:
+        """What Tune keeps of a trial: the epochs it has had. The model's checkpoints are the job's own, in its
+        folder, where its worker resumes from."""
+        return {"epoch": self.reported}
+
+    def load_checkpoint(self, checkpoint: dict[str, int]) -> None:
+        self.reported = max(self.reported, int(checkpoint.get("epoch", 0)))
 
     def cleanup(self) -> None:
         """Tune stops this trial (ASHA, the end of the search, Ctrl-C): its worker is ended before the actor is."""
@@ -522,7 +530,8 @@ class SearchDriver:
         if previous is None:
             return
         base = previous.model_dump()
-        base.update(state=state, exit_code=exit_code, finished_at=now(), reason="", early_stop=None, **fields)
+        base.update({"state": state, "exit_code": exit_code, "finished_at": now(), "reason": "", "early_stop": None})
+        base.update(fields)
         job.write_status(RunStatus.model_validate(base))
 
     # --- the end ---
