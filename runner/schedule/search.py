@@ -183,8 +183,10 @@ class GridrunTrial(tune.Trainable):
             ended = self.outcome is not None
             progress = read_json(self.attempt.paths.progress)
             epoch = progress.get("epoch", 0) if isinstance(progress, dict) else 0
-            if isinstance(epoch, int) and epoch > self.reported:
-                return self._record(epoch, progress, done=ended and epoch >= self.epochs)
+            # The last epoch is told once the worker has ended: ASHA ends a trial that reaches its last epoch, and
+            # its worker must have written result.json by then.
+            if isinstance(epoch, int) and self.reported < epoch < self.epochs:
+                return self._record(epoch, progress, done=False)
             if ended:
                 return self._ended()
             time.sleep(POLL_S)
@@ -392,10 +394,12 @@ class SearchDriver:
             self._cancel()
             signum = stop_signal()
             raise Stopped(signum) if signum != signal.SIGINT else KeyboardInterrupt()
+        outcome = self._outcome()
         definition = planned.definition()
-        definition["finished"] = True
+        # A search with failed trials is not done: the same command again runs them again (restart_errored).
+        definition["finished"] = not outcome.failed
         self.store.write_definition(definition)
-        return self._outcome()
+        return outcome
 
     def _start_clean(self) -> None:
         """A new search: an earlier one of this name (another block or base, or --force) is kept aside, whole."""
