@@ -120,8 +120,8 @@ class Dimension(Strict):
     @model_validator(mode="before")
     @classmethod
     def _one_distribution(cls, raw: Any) -> Any:
-        if isinstance(raw, Dimension):
-            return raw
+        if isinstance(raw, Dimension) or (isinstance(raw, dict) and set(raw) == {"kind", "values"}):
+            return raw  # as dumped (search.json): checked when it was written
         known = ", ".join(DISTRIBUTIONS)
         if not isinstance(raw, dict) or len(raw) != 1:
             raise ValueError(

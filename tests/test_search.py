@@ -41,8 +41,8 @@ SEARCH = {
     "search": {
         "name": "lr-width",
         "space": {
-            "train.optimizer.lr": {"grid": [1.0e-5, 8.0e-4]},
-            "model.classifier_width": {"choice": [64, 256]},
+            "train.optimizer.lr": {"grid": [1.0e-5, 1.0e-3]},
+            "model.classifier_width": {"choice": [128, 256]},
         },
         "samples": 2,
         "metric": "val_accuracy",
@@ -158,7 +158,7 @@ def test_status_and_plan_show_the_search(searched) -> None:
     plan = gridrun("plan", str(root / "digits-search.yaml"), "--results", str(root / "results"),
                    "--cache", str(root / "cache"), "--cpus", "2", "--executor", "process")  # fmt: skip
     assert plan.returncode == 0, plan.stdout + plan.stderr
-    for words in ("search lr-width", "train.optimizer.lr", "grid 1e-05, 0.0008", "4 (2 samples x 2 grid)",
+    for words in ("search lr-width", "train.optimizer.lr", "grid 1e-05, 0.001", "4 (2 samples x 2 grid)",
                   "asha: grace 1 epoch(s), keep the best 1/2 at epochs 1, 2, 4", "done"):  # fmt: skip
         assert words in plan.stdout, plan.stdout
 
@@ -342,3 +342,18 @@ def test_a_good_search_validates_and_names_its_trials(tmp_path: Path) -> None:
     proc = gridrun("validate", str(path))
     assert proc.returncode == 0, proc.stderr
     assert "search 'sweep' of 3 trial(s)" in proc.stdout
+
+
+def test_the_study_holds_its_complementary_experiment_as_a_search() -> None:
+    from runner.suite import load_suite
+
+    loaded = load_suite(REPO / "jobs" / "alexnet-small-dense.yaml")
+    search = loaded.search()
+    assert search is not None and search.spec.base == "alexnet-tf-scratch"
+    base = search.base
+    assert (base.framework, base.model.arch, base.model.weights) == ("tensorflow", "alexnet", "none")
+    assert set(search.spec.space) == {"train.optimizer.lr", "model.classifier_width"}
+    assert search.spec.scheduler.name == "asha" and search.spec.trials == 16
+    assert search.trial_name(3) == "small-dense-03"
+    cpu = loaded.search("cpu")
+    assert cpu.base.dataset.image_size == 64 and cpu.base.train.epochs == 4 and cpu.spec.scheduler.rungs(4) == [2]
