@@ -357,3 +357,33 @@ def test_the_study_holds_its_complementary_experiment_as_a_search() -> None:
     assert search.trial_name(3) == "small-dense-03"
     cpu = loaded.search("cpu")
     assert cpu.base.dataset.image_size == 64 and cpu.base.train.epochs == 4 and cpu.spec.scheduler.rungs(4) == [2]
+
+
+def test_optuna_draws_within_the_space() -> None:
+    """Optuna's TPE takes the space as gridrun hands it to Tune, and draws values inside its bounds (randint's
+    high included). The random searcher is the one the searches above run."""
+    pytest.importorskip("optuna")
+    from runner.schedule.search import _searcher, param_space
+    from schemas import SearchSpec
+
+    spec = SearchSpec.model_validate(
+        {
+            "name": "s",
+            "searcher": "optuna",
+            "space": {
+                "train.optimizer.lr": {"loguniform": [1.0e-4, 1.0e-2]},
+                "model.classifier_width": {"choice": [64, 128]},
+                "train.batch_size": {"randint": [16, 17]},
+                "model.dropout": {"uniform": [0.1, 0.5]},
+            },
+        }
+    )
+    algorithm = _searcher(spec)
+    assert algorithm.set_search_properties("val_accuracy", "max", param_space(spec))
+    sizes = set()
+    for i in range(12):
+        drawn = algorithm.suggest(f"trial-{i}")
+        assert 1.0e-4 <= drawn["train.optimizer.lr"] <= 1.0e-2 and drawn["model.classifier_width"] in (64, 128)
+        assert 0.1 <= drawn["model.dropout"] <= 0.5
+        sizes.add(drawn["train.batch_size"])
+    assert sizes == {16, 17}
