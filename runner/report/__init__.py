@@ -53,9 +53,8 @@ def build_document(
         if present:
             doc.sections.append(Section(title, present))  # type: ignore[arg-type]
 
-    for search in searches:
-        doc.sections.append(search_section(search, plotter))
     if searches and not runs:  # a suite of a search alone: the job sections would hold nothing
+        doc.sections += [search_section(search, plotter) for search in searches]
         if plotter is not None:
             plotter.finish()
         return doc
@@ -90,6 +89,7 @@ def build_document(
     unreadable = tables.unreadable_table(runs, label)
     if unreadable.rows:
         add("Unreadable files", unreadable)
+    doc.sections += [search_section(search, plotter) for search in searches]
     if plotter is not None:
         plotter.finish()
     return doc
