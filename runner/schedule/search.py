@@ -322,7 +322,8 @@ def _searcher(spec: SearchSpec):
         from ray.tune.search.optuna import OptunaSearch
 
         return OptunaSearch(seed=spec.seed)
-    return BasicVariantGenerator(random_state=spec.seed)
+    # A SearchAlgorithm, not a Searcher: it limits its trials itself (Tune ignores max_concurrent_trials for it).
+    return BasicVariantGenerator(random_state=spec.seed, max_concurrent=spec.max_concurrent or 0)
 
 
 @contextlib.contextmanager
@@ -459,7 +460,7 @@ class SearchDriver:
                 num_samples=spec.samples,
                 scheduler=_scheduler(spec, base.train.epochs),
                 search_alg=_searcher(spec),
-                max_concurrent_trials=spec.max_concurrent,
+                max_concurrent_trials=spec.max_concurrent if spec.searcher != "random" else None,
                 trial_name_creator=namer,
                 trial_dirname_creator=namer,
             ),
