@@ -24,7 +24,7 @@ from schemas import RunResult
 from schemas.registry import FRAMEWORKS
 
 # Bump when the look of the plots changes, so cached files are drawn again.
-STYLE_VERSION = 2
+STYLE_VERSION = 3
 DPI = 80
 CACHE_FILE = ".cache.json"
 # Below this many plots to draw, starting worker processes (about a second each) does not pay;
@@ -208,7 +208,7 @@ def draw_parallel(axes: list[Axis], lines: list[Line], metric: str) -> Any:
         ax.spines[side].set_visible(False)
     mappable = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(low, high), cmap=cmap)
     fig.colorbar(mappable, ax=ax, label=metric, fraction=0.04, pad=0.02)
-    fig.subplots_adjust(left=0.04, right=0.95, top=0.95, bottom=0.1)
+    fig.subplots_adjust(left=0.04, right=0.9, top=0.95, bottom=0.1)
     return fig
 
 
