@@ -253,7 +253,11 @@ def test_the_same_search_in_docker_for_two_trials(tmp_path: Path) -> None:
     suite = {
         **SEARCH,
         "suite": "digits-docker",
-        "defaults": {**SEARCH["defaults"], "train": {**SEARCH["defaults"]["train"], "epochs": 2}},
+        "defaults": {
+            **SEARCH["defaults"],
+            "dataset": {"name": "digits", "image_size": 64, "limit": 300},  # what it learns is tested above
+            "train": {**SEARCH["defaults"]["train"], "epochs": 2},
+        },
         "search": {**SEARCH["search"], "space": {"train.optimizer.lr": {"grid": [1.0e-5, 8.0e-4]}}, "samples": 1},
     }
     path = write_suite(tmp_path, suite)
