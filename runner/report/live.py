@@ -24,6 +24,17 @@ _COLOURS = {
 }
 
 
+def state_line(job: JobStore) -> str:
+    """'running, epoch 2/4, val 81.3%', or the job's state."""
+    status = job.read_status()
+    if status is None:
+        return ""
+    progress = job.read_progress() if status.state == JobState.RUNNING else None
+    if progress:
+        return f"running, epoch {progress['epoch']}/{progress['epochs']}, val {progress['val_accuracy']:.1%}"
+    return status.state.value
+
+
 class LiveView:
     """Reads status.json and progress.json of each job; never writes."""
 
@@ -51,7 +62,7 @@ class LiveView:
             self._live.update(self._table())
             return
         for name, job in self.jobs:  # plain lines: one per state or epoch change
-            line = self._line(job)
+            line = state_line(job)
             if line and self._seen.get(name) != line:
                 self._seen[name] = line
                 self.console.print(f"[{time.monotonic() - self._started:6.0f}s] {name}: {line}", highlight=False)
@@ -61,23 +72,13 @@ class LiveView:
             self.console.print(f"[{time.monotonic() - self._started:6.0f}s] {name}: {message}", highlight=False)
             job = dict(self.jobs).get(name)
             if job is not None:  # the state line it stands for is not printed again
-                self._seen[name] = self._line(job)
+                self._seen[name] = state_line(job)
 
     def stop(self) -> None:
         if self._live is not None:
             self._live.update(self._table())
             self._live.stop()
             self._live = None
-
-    @staticmethod
-    def _line(job: JobStore) -> str:
-        status = job.read_status()
-        if status is None:
-            return ""
-        progress = job.read_progress() if status.state == JobState.RUNNING else None
-        if progress:
-            return f"running, epoch {progress['epoch']}/{progress['epochs']}, val {progress['val_accuracy']:.1%}"
-        return status.state.value
 
     def _table(self) -> Table:
         table = Table(title=f"gridrun — {time.monotonic() - self._started:.0f}s", title_justify="left")
@@ -129,7 +130,7 @@ class SearchView:
             self._live.update(self._table())
             return
         for job in self.store.trials():
-            line = LiveView._line(job)
+            line = state_line(job)
             if line and self._seen.get(job.name) != line:
                 self._seen[job.name] = line
                 self.console.print(f"{self._stamp()} {job.name}: {line}", highlight=False)
@@ -142,7 +143,7 @@ class SearchView:
         if self._live is None:
             self.console.print(f"{self._stamp()} {name}: {message}", highlight=False)
             if self.store is not None and name != self.store.name:
-                self._seen[name] = LiveView._line(self.store.trial(name))
+                self._seen[name] = state_line(self.store.trial(name))
 
     def stop(self) -> None:
         if self._live is not None:

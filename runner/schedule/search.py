@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -290,7 +289,9 @@ class SearchOutcome:
 
     @property
     def failed(self) -> list[str]:
-        return [n for n, s in self.trials.items() if s.state not in (JobState.SUCCEEDED, JobState.STOPPED)]
+        """Trials that neither succeeded nor were stopped early; the search itself when it could not run."""
+        failed = [n for n, s in self.trials.items() if s.state not in (JobState.SUCCEEDED, JobState.STOPPED)]
+        return failed + ([self.planned.name] if self.planned.action == "fail" else [])
 
 
 def param_space(spec: SearchSpec) -> dict[str, Any]:
@@ -441,10 +442,10 @@ class SearchDriver:
         if res.memory_gb:
             resources["memory"] = int(res.memory_gb * 2**30)
         trainable = tune.with_resources(tune.with_parameters(GridrunTrial, setup=self._setup(planned)), resources)
-        path, filesystem = planned.store.tune_storage()
+        path, name, filesystem = planned.store.tune_storage()
         if restore:
             return tune.Tuner.restore(
-                f"{path.rstrip('/')}/tune",
+                f"{path.rstrip('/')}/{name}",
                 trainable,
                 resume_unfinished=True,
                 restart_errored=True,
@@ -465,7 +466,7 @@ class SearchDriver:
                 trial_dirname_creator=namer,
             ),
             run_config=tune.RunConfig(
-                name="tune",
+                name=name,
                 storage_path=path,
                 storage_filesystem=filesystem,
                 verbose=0,
@@ -591,4 +592,4 @@ def _final_metric(result: RunResult, name: str) -> float | None:
     return float(getattr(result.epochs[-1], name))
 
 
-__all__ = ["GridrunTrial", "SearchDriver", "SearchOutcome", "param_space", "ray"]
+__all__ = ["GridrunTrial", "SearchDriver", "SearchOutcome", "param_space"]

@@ -404,14 +404,14 @@ class SearchStore:
     def write_names(self, names: dict[str, str]) -> None:
         self.storage.write_json(NAMES, names)
 
-    def tune_storage(self) -> tuple[str, Any]:
-        """(storage_path, storage_filesystem) for Ray Tune's experiment, `tune/` in this folder: a local path
+    def tune_storage(self) -> tuple[str, str, Any]:
+        """(storage_path, name, storage_filesystem) of Ray Tune's experiment, `tune/` in this folder: a local path
         and None, or the store's filesystem as pyarrow sees it (fsspec's, wrapped) and its path there."""
         if self.storage.local is not None:
-            return str(self.storage.local), None
+            return str(self.storage.local), TUNE, None
         import pyarrow.fs
 
-        return self.storage.path(), pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(self.storage.fs))
+        return self.storage.path(), TUNE, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(self.storage.fs))
 
     def tune_url(self) -> str:
         return self.storage.path_url(TUNE)
