@@ -86,6 +86,12 @@ def plan_search(
             "Fix: lower resources.gpus / resources.cpus of its base, pick a profile that fits (--profile cpu), "
             "or attach a larger cluster with --address."
         )
+    if spec.resources.labels:
+        raise UserError(
+            f"{loaded.path}: search {resolved.name!r}: its base asks for node labels (resources.labels), which "
+            "gridrun does not hand to Ray Tune's trials. Fix: use resources.custom (a custom resource only those "
+            "nodes offer) in the base job, or remove resources.labels."
+        )
     choice = prepared.executor or choose(executor or prepared.declared.executor, spec, say=say)
     ident = identity.identify(spec, *identity.runtime(spec.framework, choice))
     digest = search_digest(resolved, prepared, ident)
