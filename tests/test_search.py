@@ -391,3 +391,32 @@ def test_optuna_draws_within_the_space() -> None:
         assert 0.1 <= drawn["model.dropout"] <= 0.5
         sizes.add(drawn["train.batch_size"])
     assert sizes == {16, 17}
+
+
+def test_the_plan_starts_a_changed_search_again_and_says_what_changed(tmp_path: Path) -> None:
+    """A search resumes only while its block, its base and its code are those it started with; the plan says which
+    part changed (no Ray needed: the plan reads the store)."""
+    from runner.plan.nodes import Node
+    from runner.plan.search import plan_search
+    from runner.prepare import Preparer
+    from runner.suite import load_suite
+
+    node = [Node("n1", "host", cpus=2, gpus=0, memory_gb=8)]
+    results = ResultsStore.open(tmp_path / "results", create=True)
+
+    def planned(suite: dict):
+        loaded = load_suite(write_suite(tmp_path, suite))
+        resolved = loaded.search()
+        base = Preparer(tmp_path / "cache", download=False, say=lambda _: None).prepare(resolved.base)
+        return plan_search(loaded, resolved, base, node, results, executor="process", say=lambda _: None)
+
+    first = planned(RESUMED)
+    assert (first.action, first.why) == ("new", "new")
+    first.store.write_definition(first.definition())
+    (first.store.storage.local / "tune").mkdir()  # Tune's experiment folder, as a started search leaves it
+    again = planned(RESUMED)
+    assert (again.action, again.why) == ("resume", "resume: 0 of 3 trials finished")
+    wider = {**RESUMED, "search": {**RESUMED["search"], "samples": 4}}
+    assert planned(wider).why.startswith("the search block changed: starts again")
+    longer = {**RESUMED, "defaults": {**RESUMED["defaults"], "train": {**RESUMED["defaults"]["train"], "epochs": 3}}}
+    assert planned(longer).why.startswith("its base changed: train.epochs 2 → 3: starts again")

@@ -16,7 +16,7 @@ from runner.plan.nodes import Node
 from runner.prepare import Prepared
 from runner.store import ResultsStore, SearchStore
 from runner.suite import LoadedSuite, ResolvedSearch
-from schemas import Identity, JobState
+from schemas import Identity, JobSpec, JobState
 
 
 @dataclass
@@ -48,6 +48,8 @@ class PlannedSearch:
             "digest": self.digest,
             "profile": self.resolved.profile,
             "base": self.prepared.declared.model_dump(mode="json"),
+            "spec": self.prepared.spec.model_dump(mode="json"),
+            "identity": self.identity.model_dump(mode="json"),
             "trials": self.resolved.spec.trials,
             "epochs": self.epochs,
             "finished": False,
@@ -96,7 +98,7 @@ def plan_search(
     ident = identity.identify(spec, *identity.runtime(spec.framework, choice))
     digest = search_digest(resolved, prepared, ident)
     store = results.suite(loaded.name).search(resolved.name)
-    action, why, finished = _decide(store, digest, prepared, force, resolved.spec.trials)
+    action, why, finished = _decide(store, digest, resolved, prepared, ident, force)
     return PlannedSearch(resolved, prepared, choice, ident, digest, action, why, store, finished)
 
 
@@ -105,14 +107,42 @@ def _finished(store: SearchStore) -> int:
     return sum(1 for t in store.trials() if (s := t.read_status()) is not None and s.state in done)
 
 
-def _decide(store: SearchStore, digest: str, prepared: Prepared, force: bool, trials: int) -> tuple[str, str, int]:
+def _changes(old: dict[str, Any], resolved: ResolvedSearch, prepared: Prepared, ident: Identity) -> str:
+    """What changed since the search in the store was started, part by part, in words."""
+    reasons = []
+    if old.get("search") != resolved.spec.model_dump(mode="json"):
+        reasons.append("the search block changed")
+    try:
+        before_spec = JobSpec.model_validate(old["spec"])
+        before = Identity.model_validate(old["identity"])
+    except (KeyError, TypeError, ValueError):
+        return "; ".join(reasons) or "search.json is not what gridrun writes"
+    if before_spec != prepared.spec:
+        reasons.append(f"its base changed: {identity.spec_changes(before_spec, prepared.spec)}")
+    if before.code != ident.code:
+        reasons.append("trainer code changed since it started")
+    if before.image != ident.image:
+        reasons.append("image changed")
+    elif before.versions != ident.versions:
+        reasons += [
+            f"{p} {before.versions.get(p, 'none')} → {ident.versions.get(p, 'none')}"
+            for p in sorted(before.versions.keys() | ident.versions.keys())
+            if before.versions.get(p) != ident.versions.get(p)
+        ]
+    return "; ".join(reasons) or "its identity changed"
+
+
+def _decide(
+    store: SearchStore, digest: str, resolved: ResolvedSearch, prepared: Prepared, ident: Identity, force: bool
+) -> tuple[str, str, int]:
+    trials = resolved.spec.trials
     if prepared.missing:
         return "fail", f"missing input: {prepared.missing}", 0
     old = store.read_definition()
     if old is None:
         return "new", "new", 0
     if old.get("digest") != digest:
-        what = "its search block or base changed" if old.get("search") else "search.json is not what gridrun writes"
+        what = _changes(old, resolved, prepared, ident)
         return "new", f"{what}: starts again; the earlier search is kept in _previous/", 0
     if force:
         return "new", "forced (--force): starts again; the earlier search is kept in _previous/", 0
