@@ -339,10 +339,11 @@ def _tune_stops_on_term() -> Iterator[None]:
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
     for sig in previous:
         signal.signal(sig, forward)
+    # Tune logs each failed trial's traceback; gridrun records the reason in the trial's status and shows it live.
     quiet = [logging.getLogger(name) for name in ("ray.tune", "ray.train", "ray.air")]
     levels = [lg.level for lg in quiet]
     for lg in quiet:
-        lg.setLevel(logging.ERROR)
+        lg.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
