@@ -6,7 +6,7 @@ GRIDRUN := $(BIN)/gridrun
 RESULTS ?= results
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run-all test test-fast chaos lint format bench report tensorboard images clean
+.PHONY: setup run-all test test-fast chaos lint format bench gpu-check report tensorboard images clean
 
 setup: $(STAMP)
 
@@ -48,9 +48,17 @@ PORT ?= 6006
 tensorboard: setup
 	$(GRIDRUN) tensorboard $(RESULTS) --port $(PORT)
 
-# Each script in bench/ prints its figures.
+# Each bench/bench_*.py prints its figures; bench/gpu_check.py (the CUDA path, minutes on a GPU) runs only where
+# nvidia-smi lists a GPU, writing $(RESULTS)/gpu_check.json: elsewhere `make gpu-check` runs it at tiny sizes.
 bench: setup
-	set -e; for script in bench/*.py; do echo "== $$script"; $(BIN)/python $$script; done
+	set -e; for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script; done
+	@if nvidia-smi -L >/dev/null 2>&1; then echo "== bench/gpu_check.py"; $(MAKE) --no-print-directory gpu-check; \
+	else echo "== bench/gpu_check.py skipped: no GPU here (make gpu-check runs it at tiny sizes on the CPU)"; fi
+
+# The study's CUDA path against a bare bf16 loop (tiny sizes without a GPU); the figures in one JSON.
+gpu-check: setup
+	mkdir -p $(RESULTS)
+	$(BIN)/python bench/gpu_check.py --out $(RESULTS)/gpu_check.json
 
 # Both framework images (BASE_IMAGE defaults to the Dockerfiles', or the offline base when only it is here).
 images: setup

@@ -1,5 +1,6 @@
 """The resolved specification of one training run."""
 
+import difflib
 import hashlib
 import json
 import re
@@ -15,11 +16,14 @@ from schemas.registry import (
     EXECUTORS,
     FRAMEWORKS,
     ZOOS,
+    Dataset,
     Parameters,
     Registered,
+    dataset_of,
     framework_of_file,
     model_ref,
     plain,
+    quoted,
     weights_suffixes,
     with_hidden_layers,
     with_imagenet,
@@ -31,18 +35,16 @@ FrameworkName = Annotated[str, Registered(FRAMEWORKS, "framework")]
 
 
 def _model_name(value: str) -> str:
-    if model_ref(value).kind == "user":  # raises ValueError with the fix for a name that parses as nothing
-        raise ValueError(
-            f"model {excerpt(value)} is a <module>:<function> of your own: this version does not ship user models "
-            "yet (they need a suite code: folder). Fix: use a gridrun architecture or a zoo model (torchvision.<name>, "
-            "timm.<name>, keras.<Name>)"
-        )
+    model_ref(value)  # raises ValueError with the fix for a name that parses as nothing
     return value
 
 
-# A twin of ARCHS, <zoo>.<name> or <module>:<function>; the library's own names are checked by runner.plan.models.
+# A twin of ARCHS, <zoo>.<name> or <module>:<function>; a library's own names are checked where the job is built,
+# a module of the user's by runner.suite (its file in the code: folder) and the worker (the rest).
 ArchName = Annotated[str, AfterValidator(_model_name)]
-DatasetName = Annotated[str, Registered(DATASETS, "dataset")]
+DatasetName = Annotated[str, Registered(DATASETS, "dataset", own="mydata:load")]
+# A substitute is one of gridrun's datasets: the user's function is never "not at hand".
+FallbackName = Annotated[str, Registered(DATASETS, "dataset")]
 ExecutorName = Annotated[str, Registered(EXECUTORS, "executor", extra=(AUTO_EXECUTOR,))]
 
 # Ray node labels: a key like gpu-type or ray.io/accelerator-type; a value, optionally negated or a set.
@@ -69,10 +71,23 @@ def _always_at_hand() -> list[str]:
     return [d.name for d in DATASETS.values() if d.offline]
 
 
+def _label_sets() -> str:
+    """cifar100: fine (100 classes) or coarse (20 classes): the datasets with several sets of labels."""
+    return "; ".join(
+        f"{d.name}: " + plain([f"{k} ({n} classes)" for k, n in d.label_sets.items()])
+        for d in DATASETS.values()
+        if d.label_sets
+    )
+
+
 class DatasetSpec(Strict):
     """Which images a run trains on and how they are split."""
 
-    name: DatasetName = Field("cifar10", description=f"Dataset: {plain(list(DATASETS))}.")
+    name: DatasetName = Field(
+        "cifar10",
+        description=f"Dataset: {plain(list(DATASETS))}, or <module>:<function> from the suite's code: folder "
+        "(function(path_or_None) returns a dict of images, labels and classes).",
+    )
     image_size: int = Field(224, ge=8, le=1024, description="Side in pixels the images are resized to.")
     limit: int | None = Field(
         None,
@@ -86,17 +101,39 @@ class DatasetSpec(Strict):
     )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the train / validation / test split.")
     path: PlainText | None = Field(
-        None, description="Data folder: cifar10 pickle batches or an imagefolder root. Default: inside the cache."
+        None,
+        description="Data folder: cifar10/cifar100 pickle files, an imagefolder root, or what your own dataset "
+        "function is given. Default: inside the cache.",
+    )
+    labels: str | None = Field(
+        None,
+        description=f"Which labels of a dataset that has several: {_label_sets()}. Default: the first.",
     )
     synthetic_size: int = Field(2000, ge=10, le=MAX_SYNTHETIC, description="Number of images of the synthetic dataset.")
-    fallback: DatasetName | None = Field(
+    fallback: FallbackName | None = Field(
         None, description="Declared substitute used, and recorded, when this dataset cannot be had offline."
     )
 
     @model_validator(mode="after")
     def _check(self) -> "DatasetSpec":
         problems = Problems(self)
-        if DATASETS[self.name].needs_path and not self.path:
+        sets = self.declared.label_sets
+        if self.labels is not None and not sets:
+            problems.add(
+                "labels",
+                f"labels applies to datasets with several sets of labels ({_label_sets()}); {self.name} has one. "
+                "Fix: remove dataset.labels",
+                self.labels,
+            )
+        elif self.labels is not None and self.labels not in sets:
+            close = difflib.get_close_matches(self.labels, list(sets), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.add(
+                "labels",
+                f"{self.name} has no labels {excerpt(self.labels)}{hint}: use {quoted(list(sets))}",
+                self.labels,
+            )
+        if self.declared.needs_path and not self.path:
             problems.add(
                 "path", f"dataset {self.name} needs 'path': the folder holding one sub-folder per class", self.path
             )
@@ -116,6 +153,22 @@ class DatasetSpec(Strict):
             )
         problems.raise_any()
         return self
+
+    @property
+    def declared(self) -> Dataset:
+        """The dataset's registry entry (USER_DATASET for the user's own function)."""
+        return dataset_of(self.name)
+
+    @property
+    def user(self) -> bool:
+        """The user's own `<module>:<function>`, from the suite's code: folder."""
+        return self.declared.user
+
+    @property
+    def classes(self) -> int | None:
+        """Classes the model's head gets, as declared; None where only loading the data tells."""
+        sets = self.declared.label_sets
+        return sets[self.labels or next(iter(sets))] if sets else self.declared.classes
 
 
 class ModelSpec(Strict):
@@ -145,20 +198,31 @@ class ModelSpec(Strict):
     @model_validator(mode="after")
     def _check(self) -> "ModelSpec":
         problems = Problems(self)
-        if self.weights not in ("none", "imagenet") and not self.weights.endswith(weights_suffixes()):
+        ref = model_ref(self.arch)
+        # Your own function reads its weights file itself, whatever its kind: only gridrun's loaders need a suffix.
+        own = ref.kind == "user"
+        if self.weights not in ("none", "imagenet") and not own and not self.weights.endswith(weights_suffixes()):
             problems.add(
                 "weights",
                 f"weights {excerpt(self.weights)} is not none, imagenet, or a weights file "
                 f"(a path ending in {', '.join(weights_suffixes())})",
                 self.weights,
             )
-        ref = model_ref(self.arch)
-        if ref.kind == "user" and self.classifier_width is not None:
+        if own and self.classifier_width is not None:
             problems.add(
                 "classifier_width",
                 f"classifier_width does not apply to {self.arch}: your function builds its own layers. "
                 "Fix: remove classifier_width and set the width in your code",
                 self.classifier_width,
+            )
+        if own and self.freeze_backbone:
+            problems.add(
+                "freeze_backbone",
+                f"freeze_backbone does not apply to {self.arch}: gridrun cannot tell which layers of your model "
+                "are its head. Fix: remove freeze_backbone and freeze the backbone in your function "
+                "(requires_grad_(False) on its parameters in torch, layer.trainable = False in Keras): gridrun "
+                "trains, and counts as trainable, what your model leaves trainable",
+                self.freeze_backbone,
             )
         elif ref.twin and self.classifier_width is not None and ARCHS[self.arch].default_width is None:
             problems.add(
@@ -243,6 +307,12 @@ class ResourcesSpec(Strict):
     """What the scheduler reserves for the run."""
 
     gpus: float = Field(0, ge=0, le=64, description="GPUs; fractions below 1 share a GPU.")
+    gpu_fallback: Literal["cpu"] | None = Field(
+        None,
+        description="Declared substitute when the framework cannot use the GPUs reserved (no driver, a CPU-only "
+        "build, a Docker daemon without the NVIDIA runtime): cpu = train on the CPU, announced and recorded. "
+        "Without it such a job fails at its start, naming the cause.",
+    )
     cpus: float = Field(1, gt=0, le=1024, description="CPU cores.")
     memory_gb: float | None = Field(None, gt=0, le=MAX_MEMORY_GB, description="Host memory limit in GiB.")
     timeout_minutes: float | None = Field(
@@ -352,7 +422,7 @@ class JobSpec(Strict):
                 "Fix: use weights: none, or weights: <path to a weights file>",
                 weights,
             )
-        elif weights not in ("none", "imagenet"):
+        elif weights not in ("none", "imagenet") and kind != "user":
             owner = framework_of_file(weights)
             if owner is not None and owner.name != self.framework:
                 problems.add(
@@ -361,6 +431,11 @@ class JobSpec(Strict):
                     f"{framework.weights_kind}. Fix: {framework.weights_fix}; or use weights: none or imagenet",
                     weights,
                 )
+
+    def code_refs(self) -> list[tuple[str, str]]:
+        """(field, module:function) of each name of the user's own code in the spec."""
+        refs = [("model.arch", self.model.arch)] if model_ref(self.model.arch).kind == "user" else []
+        return refs + ([("dataset.name", self.dataset.name)] if self.dataset.user else [])
 
     def canonical_json(self) -> str:
         """The spec as canonical JSON (sorted keys, no spaces): the input of its hash."""

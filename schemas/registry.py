@@ -12,6 +12,7 @@ Adding one is its module and its entry here:
 - an architecture: an Arch entry (its parameter arithmetic, smallest image, hidden width, ImageNet
   weights per framework) and, in each framework's models module, one ARCHS entry with its builder.
 - a dataset: a loader `load(spec, cache) -> Splits` (runner.train.data calls it); a Dataset entry.
+  A spec may also name `<module>:<function>` of the suite's code: folder (USER_DATASET stands for it).
 - an executor: an `Executor` subclass (runner.execute.get makes one); an Executor entry.
 
 tests/test_registry.py checks that every entry's code exists and agrees with its declaration.
@@ -19,7 +20,7 @@ tests/test_registry.py checks that every entry's code exists and agrees with its
 
 import difflib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -255,6 +256,11 @@ class Zoo:
     description: str
     weights_suffix: str  # the suffix of its ImageNet weights in the cache
     example: str  # a name, for messages
+    # Its distributions: all installed, the driver can ask the library (in a child process, runner.train.probe);
+    # their versions key what it answered in the cache.
+    packages: tuple[str, ...]
+    # Where the library downloads its ImageNet weights from: a plan, which downloads nothing, asks whether it answers.
+    weights_host: str
 
 
 ZOOS: dict[str, Zoo] = {
@@ -267,6 +273,8 @@ ZOOS: dict[str, Zoo] = {
             "torchvision.models' classification models (torchvision.models.list_models())",
             weights_suffix=".pth",
             example="torchvision.resnet50",
+            packages=("torch", "torchvision"),
+            weights_host="https://download.pytorch.org/models/",
         ),
         Zoo(
             "timm",
@@ -275,6 +283,8 @@ ZOOS: dict[str, Zoo] = {
             "PyTorch Image Models (timm.list_models()); a pretrained tag may follow: timm.resnet50.a1_in1k",
             weights_suffix=".pth",
             example="timm.convnext_tiny",
+            packages=("torch", "timm"),
+            weights_host="https://huggingface.co/timm",  # timm's weights are on the Hugging Face hub
         ),
         Zoo(
             "keras",
@@ -283,12 +293,31 @@ ZOOS: dict[str, Zoo] = {
             "keras.applications' models",
             weights_suffix=".weights.h5",
             example="keras.ResNet50",
+            packages=("keras", "tensorflow"),
+            weights_host="https://storage.googleapis.com/tensorflow/keras-applications/",
         ),
     )
 }
 
 # `<module>:<function>`: the user's own model or dataset, from the suite's code: folder.
 USER_REF = re.compile(r"[A-Za-z_]\w{0,99}(\.[A-Za-z_]\w{0,99}){0,9}:[A-Za-z_]\w{0,99}")
+
+
+def is_user_ref(name: str) -> bool:
+    """Whether a model or dataset name is the user's own `<module>:<function>`."""
+    return ":" in name
+
+
+def check_user_ref(name: str, what: str, example: str) -> str:
+    """`name` when it is a well-formed `<module>:<function>`; else ValueError with the fix."""
+    if not USER_REF.fullmatch(name):
+        raise ValueError(
+            f"{what} {excerpt(name)} is not <module>:<function>: use a Python module path and a function "
+            f"name, e.g. {example} (the module lives in the suite's code: folder)"
+        )
+    return name
+
+
 # A zoo's model name; timm's may carry a pretrained tag after a dot (resnet50.a1_in1k).
 _ZOO_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
@@ -307,13 +336,8 @@ class ModelRef(NamedTuple):
 
 def model_ref(arch: str) -> ModelRef:
     """Parse a `model.arch`; ValueError with the fix when it names nothing gridrun can build."""
-    if ":" in arch:
-        if not USER_REF.fullmatch(arch):
-            raise ValueError(
-                f"model {excerpt(arch)} is not <module>:<function>: use a Python module path and a function "
-                "name, e.g. mynets:build (the module lives in the suite's code: folder)"
-            )
-        return ModelRef("user", arch)
+    if is_user_ref(arch):
+        return ModelRef("user", check_user_ref(arch, "model", "mynets:build"))
     if "." in arch:
         prefix, name = arch.split(".", 1)
         if prefix not in ZOOS:
@@ -340,6 +364,45 @@ def zoos_of(framework: str) -> list[Zoo]:
     return [z for z in ZOOS.values() if z.framework == framework]
 
 
+def unknown_zoo_model(ref: ModelRef, names: Sequence[str], tagged: Sequence[str] = ()) -> str:
+    """'' when the library offers `ref`'s model (given its `names` and, for timm, its pretrained `tagged`
+    names such as resnet50.a1_in1k), else the message with the closest names of that library."""
+    assert ref.zoo is not None
+    zoo, base, _, tag = ref.zoo, *ref.name.partition(".")
+    if base in names and (not tag or ref.name in tagged):
+        return ""
+    if base in names:  # timm: the model exists, the pretrained tag does not
+        own = [t for t in tagged if t.startswith(base + ".")]
+        close = difflib.get_close_matches(ref.name, own, n=3) or own[:3]
+        hint = f" (did you mean {', '.join(f'{zoo.prefix}.{c}' for c in close)}?)" if close else ""
+        return (
+            f"{zoo.display} has no pretrained tag {excerpt(tag)} for {base}{hint}. "
+            f"Fix: `gridrun models --filter {base}` lists its tags, or name {zoo.prefix}.{base} alone"
+        )
+    close = difflib.get_close_matches(base, list(names), n=3)
+    hint = f" (did you mean {', '.join(f'{zoo.prefix}.{c}' for c in close)}?)" if close else ""
+    shared = _shared_start(base, close[0]) if close else ""
+    text = shared if len(shared) >= 3 else base[:12]
+    return (
+        f"{zoo.display} has no model {excerpt(base)}{hint}. "
+        f"Fix: `gridrun models --framework {zoo.framework} --filter {text}` lists the names"
+    )
+
+
+def _shared_start(a: str, b: str) -> str:
+    """The start of `a` that `b` begins with too, case aside."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n].lower() == b[n].lower():
+        n += 1
+    return a[:n]
+
+
+def same_name(arch: str) -> str:
+    """The library's model name without its library, case and underscores: torchvision.resnet50 and
+    keras.ResNet50 are both 'resnet50' (different networks that share a name); a twin's is its own."""
+    return model_ref(arch).name.split(".")[0].replace("_", "").replace("-", "").lower()
+
+
 # --- datasets ----------------------------------------------------------------------------------------
 
 
@@ -360,9 +423,17 @@ class Dataset:
     name: str
     description: str
     loader: str  # "module:function", load(spec: DatasetSpec, cache: Path) -> Splits
-    classes: int | None  # None: one per sub-folder of dataset.path
+    classes: int | None  # None: known once loaded (one per sub-folder of dataset.path, or the user's function's)
     needs_path: bool = False  # dataset.path is required: the images are the user's own
     download: Download | None = None  # None: nothing to download (made in memory, or the user's folder)
+    display: str = ""  # as messages say it: CIFAR-10
+    # Sets of labels a spec may pick with dataset.labels, each with its classes; the first is the default.
+    label_sets: Mapping[str, int] = field(default_factory=dict)
+    user: bool = False  # the user's own <module>:<function> (USER_DATASET)
+
+    @property
+    def shown(self) -> str:
+        return self.display or self.name
 
     @property
     def offline(self) -> bool:
@@ -384,6 +455,22 @@ DATASETS: dict[str, Dataset] = {
                 "cifar-10-batches-py",
                 (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"),
             ),
+            display="CIFAR-10",
+        ),
+        Dataset(
+            "cifar100",
+            "CIFAR-100: 50,000 training and 10,000 test images of 32 px, 100 classes in 20 superclasses "
+            "(dataset.labels: fine or coarse)",
+            "runner.train.data:load_cifar100",
+            classes=100,
+            download=Download(
+                "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                "eb9058c3a382ffc7106e4002c42a8d85",
+                "cifar-100-python",
+                ("train", "test", "meta"),
+            ),
+            display="CIFAR-100",
+            label_sets={"fine": 100, "coarse": 20},
         ),
         Dataset(
             "digits", "scikit-learn's 1,797 handwritten digits of 8 px", "runner.train.data:load_digits", classes=10
@@ -398,6 +485,22 @@ DATASETS: dict[str, Dataset] = {
         ),
     )
 }
+
+
+# What a spec's `dataset.name: <module>:<function>` stands for: the images the user's function returns
+# (runner.train.userdata calls it), their classes known once it has run.
+USER_DATASET = Dataset(
+    "<module>:<function>",
+    "your own function's images, from the suite's code: folder",
+    "runner.train.userdata:load",
+    classes=None,
+    user=True,
+)
+
+
+def dataset_of(name: str) -> Dataset:
+    """The entry of a dataset name a spec accepted: a registered dataset, or USER_DATASET for <module>:<function>."""
+    return USER_DATASET if is_user_ref(name) else DATASETS[name]
 
 
 # --- executors ---------------------------------------------------------------------------------------
@@ -450,6 +553,7 @@ class Registered:
     table: Mapping[str, Any]
     kind: str
     extra: tuple[str, ...] = ()  # names that are not entries, e.g. executor "auto"
+    own: str = ""  # an example `<module>:<function>`: the user's own names are accepted too (USER_REF)
 
     def choices(self) -> list[str]:
         return [*self.extra, *self.table]
@@ -457,14 +561,20 @@ class Registered:
     def check(self, value: str) -> str:
         if value in self.table or value in self.extra:
             return value
+        if self.own and is_user_ref(value):
+            return check_user_ref(value, self.kind, self.own)
         close = difflib.get_close_matches(value, self.choices(), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown {self.kind} {excerpt(value)}{hint}: use {quoted(self.choices())}")
+        mine = f", or <module>:<function> of your own (e.g. {self.own})" if self.own else ""
+        raise ValueError(f"unknown {self.kind} {excerpt(value)}{hint}: use {quoted(self.choices())}{mine}")
 
     def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
         return core_schema.no_info_after_validator_function(self.check, handler(source))
 
     def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> Any:
         out = handler(schema)
-        out["enum"] = self.choices()
+        if self.own:
+            out["anyOf"] = [{"enum": self.choices()}, {"pattern": f"^{USER_REF.pattern}$"}]
+        else:
+            out["enum"] = self.choices()
         return out

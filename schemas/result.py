@@ -46,7 +46,7 @@ class Timing(Measured):
 class Substitution(Strict):
     """Something that stood in for the real thing, declared in the suite and announced."""
 
-    kind: str = Field(description="dataset, weights or executor.")
+    kind: str = Field(description="dataset, weights, executor or device.")
     wanted: str = Field(description="What the spec asked for.")
     used: str = Field(description="What was used instead.")
     reason: str = Field(description="Why.")

@@ -23,10 +23,16 @@ class Identity(Strict):
         "those the image's labels declare (docker).",
     )
     image: str = Field("", description="Docker image id or digest; '' for a local process.")
+    user_code: str = Field(
+        "",
+        description="Hash of the suite's code: folder (each file's relative path and bytes) for a job that uses "
+        "it; '' for one that does not.",
+    )
 
     def digest(self) -> str:
-        """The run's identity hash: all the parts together."""
-        parts = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """The run's identity hash: all the parts together (a job without code of the user's hashes as before)."""
+        fields = self.model_dump(mode="json", exclude=set() if self.user_code else {"user_code"})
+        parts = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(parts.encode()).hexdigest()[:16]
 
 
@@ -51,6 +57,10 @@ class SpecFile(Strict):
     substitutions: list[Substitution] = Field(default_factory=list, description="Declared substitutes in use.")
     executor: str = Field("", description=f"Executor chosen for it: {plain(list(EXECUTORS))}.")
     image: str = Field("", description="Docker image, when run in one.")
+    code: str = Field(
+        "",
+        description="The suite's code: folder on the driver's machine, for a job that imports from it; '' otherwise.",
+    )
     identity: Identity | None = Field(
         None, description="The parts of `spec_hash`; absent in spec.json files written before they were kept."
     )

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from schemas.base import SafeName, Strict, excerpt
+from schemas.base import PlainText, SafeName, Strict, excerpt
 from schemas.search import SearchSpec
 
 # Jobs one suite may hold, its list and its matrix together: the matrix is counted before it is expanded.
@@ -69,6 +69,12 @@ class Suite(Strict):
 
     suite: SafeName = Field(description="Suite name; also its folder name under the results root.")
     description: str = Field("", description="What the suite studies.")
+    code: PlainText | None = Field(
+        None,
+        description="Folder of your own Python code, relative to the suite file: model.arch and dataset.name may "
+        "name <module>:<function> of its modules. It is on every job's import path (mounted read-only in a "
+        "container, sent with `gridrun submit`), and its files are part of the identity of the jobs that use it.",
+    )
     defaults: dict[str, Any] = Field(default_factory=dict, description="Fields every job starts from.")
     profiles: dict[SafeName, dict[str, Any]] = Field(
         default_factory=dict, description="Named overrides applied on top of every job (e.g. cpu)."

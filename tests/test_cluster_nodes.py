@@ -37,7 +37,7 @@ defaults:
   dataset: {{name: {dataset}, image_size: 64, synthetic_size: 300}}
   model: {{arch: alexnet, classifier_width: 32}}
   train: {{epochs: {epochs}, batch_size: 50}}
-  resources: {{gpus: 1, cpus: 1}}
+  resources: {{gpus: 1, cpus: 1, gpu_fallback: cpu}}  # the nodes' GPUs are logical: the CPU stands in
 jobs:
 {jobs}
 """

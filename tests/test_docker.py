@@ -300,11 +300,51 @@ def test_daemon_accepts_a_gpu_container_config(client, torch_image: str, tmp_pat
         assert [(r["DeviceIDs"], r["Capabilities"]) for r in requests] == [(["1"], [["gpu"]])]
     finally:
         container.remove(force=True)
-    if "nvidia" not in client.info().get("Runtimes", {}):
-        # Starting it is where a daemon without the NVIDIA toolkit refuses: one clear reason, no leftover.
-        outcome = DockerExecutor().run(launch_of(paths, cache, ("1",)))
-        assert outcome.exit_code == 1 and "Fix: install the NVIDIA Container Toolkit" in outcome.reason
-        assert _containers(client, "gpu") == []
+
+
+def _no_nvidia_runtime(client) -> None:
+    if any("nvidia" in name for name in client.info().get("Runtimes", {})):
+        pytest.skip("this daemon has the NVIDIA runtime: it can pass GPUs")
+
+
+@pytest.mark.docker
+def test_a_daemon_without_the_nvidia_runtime_is_refused_for_a_gpu_job(
+    client, torch_image: str, tmp_path: Path, cache: Path
+) -> None:
+    _no_nvidia_runtime(client)
+    paths = make_job(tmp_path, "torch", name="gpu", resources={"gpus": 1})
+    # At the job's start, on its node: before devices are requested, one reason with the fix, no container.
+    outcome = DockerExecutor().run(launch_of(paths, cache, ("1",)))
+    assert outcome.exit_code == 2, "a user's fix, not retried"
+    assert outcome.reason.startswith("the Docker daemon has no NVIDIA runtime (its runtimes: "), outcome.reason
+    assert "cannot give a container the 1 GPU(s) the job reserves" in outcome.reason
+    assert "Fix: install the NVIDIA Container Toolkit" in outcome.reason and "nvidia-ctk" in outcome.reason
+    assert _containers(client, "gpu") == [] and not paths.result.exists()
+    # In the plan, before anything runs: `docker` asked for is refused; `auto` takes the process executor, saying why.
+    spec = job_spec("torch", name="gpu", resources={"gpus": 1}, executor="docker")
+    with pytest.raises(UserError, match=r"job 'gpu' asks for the docker executor, but the Docker daemon has no NVIDIA"):
+        choose("docker", spec)
+    auto = choose("auto", spec)
+    assert auto.name == "process" and "has no NVIDIA runtime" in auto.reason and "host's Python" in auto.reason
+    assert choose("auto", job_spec("torch", name="cpu")).name == "docker", "a job without GPUs still gets docker"
+
+
+@pytest.mark.docker
+def test_gpu_fallback_cpu_runs_the_container_without_a_gpu_and_records_it(
+    client, torch_image: str, tmp_path: Path, cache: Path
+) -> None:
+    _no_nvidia_runtime(client)
+    paths = make_job(tmp_path, "torch", name="gpu-fallback", model={"classifier_width": 16},
+                     resources={"gpus": 1, "gpu_fallback": "cpu"})  # fmt: skip
+    outcome = DockerExecutor().run(launch_of(paths, cache, ("1",)))
+    log = paths.log.read_text()
+    assert outcome == Outcome(0, ""), log
+    assert "the container gets no GPU: the Docker daemon has no NVIDIA runtime" in log
+    assert "SUBSTITUTE device: cpu stands in for 1 GPU(s)" in log
+    result = paths.read_result()
+    assert result.environment.device == "cpu" and result.environment.executor == "docker"
+    assert [s.kind for s in result.substitutions] == ["device"]
+    assert "CUDA_VISIBLE_DEVICES=, " in result.substitutions[0].reason, "the container was given no GPU"
 
 
 @pytest.mark.docker

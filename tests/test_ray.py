@@ -14,7 +14,8 @@ defaults:
   dataset: {name: synthetic, image_size: 64, synthetic_size: 200}
   model: {arch: alexnet, classifier_width: 32}
   train: {epochs: 1, batch_size: 50}
-  resources: {gpus: 1, cpus: 1}
+  # Ray's GPUs here are logical (--gpus on a CPU machine): the CPU stands in, declared and recorded.
+  resources: {gpus: 1, cpus: 1, gpu_fallback: cpu}
 jobs:
   - {name: first, framework: torch}
   - {name: second, framework: torch}
@@ -47,6 +48,10 @@ def test_two_one_gpu_jobs_run_side_by_side_each_with_its_own_gpu(tmp_path: Path)
         visible = re.search(r"CUDA_VISIBLE_DEVICES=(\S+)", paths.log.read_text()).group(1)
         assert visible == ",".join(status.gpu_ids), "the job sees exactly the GPU Ray assigned"
         seen[name] = (visible, status.started_at, status.finished_at)
+        # The GPU was Ray's logical one: the CPU stood in, as the job declares, and the result says so.
+        (sub,) = paths.read_result().substitutions
+        assert (sub.kind, sub.wanted, sub.used) == ("device", "1 GPU(s)", "cpu")
+        assert f"CUDA_VISIBLE_DEVICES={visible}" in sub.reason and "resources.gpu_fallback: cpu" in sub.reason
     assert {seen["first"][0], seen["second"][0]} == {"0", "1"}
     (_, s1, f1), (_, s2, f2) = seen["first"], seen["second"]
     assert s1 < f2 and s2 < f1, "with two GPUs both jobs run at the same time"

@@ -4,14 +4,13 @@ TensorFlow is imported in a subprocess only (importing torchvision after it in o
 """
 
 import json
-import pickle
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import REPO
+from fakecifar import write_cifar10, write_cifar100
 
 from runner.execute import base, get
 from runner.train import data, frameworks
@@ -50,30 +49,22 @@ def test_every_other_framework_covers_every_architecture() -> None:
         assert json.loads(proc.stdout.strip().splitlines()[-1]) == sorted(ARCHS), name
 
 
-def write_cifar10(folder: Path, per_batch: int = 20) -> None:
-    """CIFAR-10's pickle batches, with random images."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for name in data.CIFAR10_FILES[:-1]:
-        labels = list(rng.integers(0, 10, per_batch))
-        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8), b"labels": labels}
-        (folder / name).write_bytes(pickle.dumps(batch))
-    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}))
-
-
 @pytest.mark.parametrize("name", [n for n, d in DATASETS.items() if d.classes is not None])
 def test_each_loader_gives_the_declared_classes(name: str, tmp_path: Path) -> None:
     declared = DATASETS[name]
     spec = DatasetSpec(name=name, synthetic_size=200)
     if declared.download is not None:
-        write_cifar10(data.download_root(spec, tmp_path) / declared.download.folder)
+        write = {"cifar10": write_cifar10, "cifar100": write_cifar100}[name]
+        write(data.download_root(spec, tmp_path) / declared.download.folder)
         assert data.missing_files(spec, tmp_path) == []
     splits = data.load(spec, tmp_path)
-    assert splits.num_classes == declared.classes
+    assert splits.num_classes == declared.classes == spec.classes
+    for labels, classes in declared.label_sets.items():  # each set of labels it offers
+        assert data.load(DatasetSpec(name=name, labels=labels), tmp_path).num_classes == classes
 
 
 def test_a_dataset_of_the_users_folder_counts_its_class_folders(tmp_path: Path) -> None:
-    from runner.plan import disk
+    from runner.plan import models
 
     (tmp_path / "cats").mkdir()
     (tmp_path / "dogs").mkdir()
@@ -82,7 +73,7 @@ def test_a_dataset_of_the_users_folder_counts_its_class_folders(tmp_path: Path) 
         {"name": "j", "framework": "torch", "model": {"arch": "resnet18"},
          "dataset": {"name": "imagefolder", "path": str(tmp_path)}}
     )  # fmt: skip
-    assert disk._classes(spec) == 2 == len(data.class_folders(tmp_path))
+    assert models.classes(spec) == 2 == len(data.class_folders(tmp_path))
 
 
 def test_each_executor_is_its_declared_class() -> None:

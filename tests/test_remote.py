@@ -28,7 +28,7 @@ defaults:
   dataset: {{name: synthetic, image_size: 64, synthetic_size: 200}}
   model: {{arch: alexnet, classifier_width: 32}}
   train: {{epochs: {epochs}, batch_size: 50}}
-  resources: {{gpus: 1, cpus: 1}}
+  resources: {{gpus: 1, cpus: 1, gpu_fallback: cpu}}  # the head's GPUs are logical: the CPU stands in
 jobs:
   - {{name: one, framework: torch}}
 """

@@ -40,8 +40,18 @@ JAX = Framework(
 )
 
 
-def write_run(suite: Path, job: str, framework: str, acc: float, seconds: float, speed: float, **model) -> None:
-    """A succeeded job folder: spec.json, status.json and a one-epoch result.json with these numbers."""
+def write_run(
+    suite: Path,
+    job: str,
+    framework: str,
+    acc: float,
+    seconds: float,
+    speed: float,
+    parameters: tuple[int, int] | None = None,
+    **model,
+) -> None:
+    """A succeeded job folder: spec.json, status.json and a one-epoch result.json with these numbers;
+    `parameters` (total, trainable) for a zoo model, which only its library counts."""
     spec = JobSpec.model_validate(
         {"name": job, "framework": framework, "model": {"arch": "alexnet", **model},
          "dataset": {"name": "synthetic", "image_size": 64}, "executor": "process"}
@@ -54,7 +64,7 @@ def write_run(suite: Path, job: str, framework: str, acc: float, seconds: float,
         epoch_seconds=seconds, images_per_second=speed,
     )  # fmt: skip
     cm = [[10 if i == j else 0 for j in range(10)] for i in range(10)]
-    total, trainable = spec.model.parameters(len(CLASSES))
+    total, trainable = parameters or spec.model.parameters(len(CLASSES))
     result = RunResult(
         suite=SUITE, job=job, spec_hash="h", spec=spec, dataset_sizes={"train": 100, "val": 10, "test": 100},
         class_names=CLASSES, epochs=[epoch], final_test_accuracy=acc, final_val_accuracy=acc, best_epoch=1,
@@ -153,3 +163,60 @@ def test_a_third_framework_gets_its_columns_bars_and_sentence(study: Path, monke
     png_ok((study / "plots" / "frameworks.png").read_bytes())
     summary = {r["Job"]: r["Framework"] for r in md_sections(report)["Summary"][0]}
     assert summary["alexnet-jax"] == "JAX" and summary["alexnet-tf"] == "TensorFlow"
+
+
+# Parameter counts of the two ResNet-50s with a 10-class head, as their libraries build them (the catalog's
+# numbers; Keras' BatchNorm statistics are buffers here, as in PyTorch): different networks.
+TORCHVISION_R50 = (23_528_522, 23_528_522)
+KERAS_R50 = (23_555_082, 20_490)  # frozen backbone: the new head alone trains
+
+
+def same_name_tables(report: str) -> list[list[dict[str, str]]]:
+    return md_sections(report).get("Same name, different networks", [])
+
+
+def test_zoo_models_of_one_name_are_side_by_side_not_paired(study: Path) -> None:
+    """torchvision.resnet50 and keras.ResNet50 ran in both frameworks, but they are different networks: the
+    framework comparison keeps to the twins; the two are shown side by side with their parameter counts."""
+    write_run(study, "r50-torch", "torch", 0.71, 300, 800, TORCHVISION_R50, arch="torchvision.resnet50")
+    write_run(study, "r50-torch-worse", "torch", 0.40, 200, 900, TORCHVISION_R50, arch="torchvision.resnet50")
+    write_run(study, "r50-keras", "tensorflow", 0.64, 250, 950, KERAS_R50, arch="keras.ResNet50", freeze_backbone=True)
+    # Same name, other weights: a group of its own, which needs a second library to be shown.
+    write_run(study, "mnv3", "torch", 0.5, 60, 4000, (1_528_106, 1_528_106), arch="torchvision.mobilenet_v3_small")
+    runs = load_suite(study)
+    assert [c.model for c in tables.framework_pairs(runs)] == ["alexnet"]
+    (group,) = tables.same_names(runs)
+    assert (group.name, group.archs()) == ("resnet50", ["torchvision.resnet50", "keras.ResNet50"])
+    assert group.runs["torchvision"].job == "r50-torch"  # the better of the two torchvision runs
+
+    write_report(study)
+    report = (study / "report.md").read_text()
+    (pairs,) = framework_tables(report)
+    assert [row["Model"] for row in pairs] == ["alexnet"]
+    (table,) = same_name_tables(report)
+    (t_acc, t_time, _), (k_acc, k_time, _) = cells(0.71, 300, 800), cells(0.64, 250, 950)
+    assert table == [{
+        "Name": "resnet50", "Networks": "different: torchvision.resnet50, keras.ResNet50",
+        "Weights": "scratch", "Dataset": "synthetic 64px",
+        "torchvision run": "r50-torch", "keras.applications run": "r50-keras",
+        "torchvision parameters": "23,528,522", "keras.applications parameters": "23,555,082 (20,490 trainable)",
+        "torchvision acc": t_acc, "keras.applications acc": k_acc,
+        "torchvision time": t_time, "keras.applications time": k_time,
+    }]  # fmt: skip
+    assert "not a comparison of frameworks: only gridrun's twins compare frameworks" in report
+    assert (
+        f"Same name, different networks (scratch, synthetic 64px): torchvision.resnet50 {t_acc} with 23,528,522 "
+        f"parameters, keras.ResNet50 {k_acc} with 23,555,082 parameters."
+    ) in report
+
+
+def test_same_name_with_other_weights_is_not_side_by_side(study: Path) -> None:
+    """Scratch against pretrained is no pair even of one name: the report shows no such section."""
+    write_run(study, "mnv3", "torch", 0.5, 60, 4000, (1_528_106, 1_528_106), arch="torchvision.mobilenet_v3_small")
+    write_run(study, "mnv3-keras", "tensorflow", 0.6, 70, 3000, (1_528_106, 1_528_106), arch="keras.MobileNetV3Small",
+              weights="imagenet")  # fmt: skip
+    assert tables.same_names(load_suite(study)) == []
+    write_report(study)
+    report = (study / "report.md").read_text()
+    assert "Same name, different networks" not in report
+    assert [row["Model"] for row in framework_tables(report)[0]] == ["alexnet"]

@@ -14,9 +14,9 @@ from rich.table import Table
 from runner.cli.app import app, console, err
 from runner.errors import UserError
 from runner.execute import reaper
-from runner.plan import PlannedJob, check_links, disk, make_plan, plan_table
+from runner.plan import PlannedJob, check_links, disk, make_plan, models, plan_table
 from runner.plan.search import PlannedSearch, plan_search, search_table
-from runner.prepare import Cache, Preparer, build_images, inputs
+from runner.prepare import Cache, Preparer, build_images, default_cache, inputs
 from runner.report.live import LiveView, SearchView
 from runner.schedule import cluster as ray_cluster
 from runner.store import BAD_FILE_FIX, JobStore, ResultsStore, SuiteLock, SuiteStore, locate
@@ -132,6 +132,7 @@ class Opened:
     loaded: LoadedSuite
     store: ResultsStore
     cache: Cache
+    catalog: models.Catalog  # what the model libraries said of the suite's zoo models
 
 
 def _open(
@@ -155,7 +156,13 @@ def _open(
     except UserError as e:
         raise UserError(f"--cache: {e}") from None
     check_links(loaded, store, [spec.name for spec in loaded.jobs()])  # make_plan checks again, under the profile
-    return Opened(loaded, store, inputs_cache)
+    catalog = _catalog(inputs_cache.local)
+    models.check(loaded, catalog)
+    return Opened(loaded, store, inputs_cache, catalog)
+
+
+def _catalog(cache: Path) -> models.Catalog:
+    return models.Catalog(cache, say=lambda m: console.print(f"[yellow]note: {escape(m)}[/]", highlight=False))
 
 
 def _prepare_plan(
@@ -207,11 +214,12 @@ def _prepare_plan(
     if download:  # a run: inputs to the cache URL, images built; a plan only says what would happen
         inputs_cache.publish(prepared, say=say)
         build_images(prepared, executor, say=say)
+    counts = models.counts([p.spec for p in prepared], opened.catalog)
     searched = None
     if resolved is not None:  # its base, prepared last, is the search's, not a job of the plan
         base = prepared.pop()
         searched = plan_search(loaded, resolved, base, cluster.nodes, store, executor, force, say=say)
-    plan = make_plan(loaded, prepared, cluster.nodes, store, executor, force, say=say)
+    plan = make_plan(loaded, prepared, cluster.nodes, store, executor, force, say=say, counts=counts)
     for p in plan:
         if p.executor.name == "process" and p.requested_executor == "auto":
             console.print(
@@ -222,7 +230,8 @@ def _prepare_plan(
         console.print(plan_table(plan, f"plan of {loaded.name}" + (f" (profile {chosen})" if chosen else "")))
     if searched is not None:
         console.print(search_table(searched))
-    line, short = disk.check([p.spec for p in plan if p.action == "run"] + _trial_specs(searched), store.local)
+    specs_to_run = [p.spec for p in plan if p.action == "run"] + _trial_specs(searched)
+    line, short = disk.check(specs_to_run, store.local, counts)
     if line:
         console.print(f"[bold yellow]{line}[/]" if short else line, highlight=False)
     return Planned(loaded, chosen, plan, searched, store, inputs_cache)
@@ -238,9 +247,12 @@ def _trial_specs(searched: PlannedSearch | None) -> list[JobSpec]:
 
 @app.command()
 def validate(suites: Annotated[list[Path], typer.Argument(help="Suite files.")]) -> None:
-    """Check suite files: YAML, keys, types, values, names; every profile expanded."""
+    """Check suite files: YAML, keys, types, values, names (zoo models asked of their library); every profile
+    expanded."""
+    catalog = _catalog(default_cache())
     for path in suites:
         loaded = load_suite(path)
+        models.check(loaded, catalog)
         profiles = ", ".join(loaded.suite.profiles) or "none"
         search = loaded.suite.search
         trials = f", search {search.name!r} of {search.trials} trial(s)" if search is not None else ""

@@ -31,11 +31,20 @@ def choose(requested: str, spec: JobSpec, build: bool = False, say: Callable[[st
         return Choice(requested, "asked for")
     from runner.execute import docker
 
+    asks = "the docker executor" if requested == "docker" else f"its own image {spec.image}"
+    no_gpus = docker.gpu_problem(spec)
+    if no_gpus and (requested == "docker" or spec.image) and spec.resources.gpu_fallback != "cpu":
+        raise UserError(
+            f"job {spec.name!r} asks for {asks}, but {no_gpus}. Fix: {docker.NVIDIA_FIX}; or use --executor "
+            "process where the host's framework sees the GPU, or declare resources.gpu_fallback: cpu"
+        )
+    if no_gpus and requested == AUTO_EXECUTOR and not spec.image:
+        # The process executor is the one that can reach the GPU; its worker fails at the start if it cannot.
+        return Choice("process", f"{no_gpus}: the host's Python runs it")
     ok, why = docker.probe(spec, build, say)
     if ok:
         return Choice("docker", "asked for" if requested == "docker" else why, docker.image_for(spec))
     if requested == "docker" or spec.image:  # a job's own image must be usable: no silent fallback
-        asks = "the docker executor" if requested == "docker" else f"its own image {spec.image}"
         raise UserError(
             f"job {spec.name!r} asks for {asks}, but {why}. "
             "Fix: start the Docker daemon and build the images (`make images`), or use --executor process."

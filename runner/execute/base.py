@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from runner.store.layout import JobPaths, read_json
+from runner.train.usercode import CODE_ENV
 from schemas import SpecFile
 
 
@@ -81,6 +83,23 @@ def signal_reason(signum: int, paths: JobPaths, epochs: int, who: str = "worker"
         sig, name = None, f"signal {signum}"
     how = "killed by" if sig in _KILLS else "crashed with"
     return f"{who} {how} {name} (signal {signum}) {epoch_reached(paths, epochs)}"
+
+
+def code_env(folder: str, pythonpath: str = "") -> dict[str, str]:
+    """The variables that put the suite's code: folder first on the worker's import path, and name it."""
+    return {"PYTHONPATH": os.pathsep.join([folder, *([pythonpath] if pythonpath else [])]), CODE_ENV: folder}
+
+
+def code_problem(launch: Launch) -> str:
+    """'' when the job's code: folder (if it has one) is a folder on this node; else why the job cannot start."""
+    code = launch.spec_file.code
+    if not code or Path(code).is_dir():
+        return ""
+    return (
+        f"the suite's code: folder {code} is not on this node ({socket.gethostname()}), so the job cannot import "
+        "your modules. Fix: put the folder on a path every node mounts, or send the suite with `gridrun submit`, "
+        "which takes the folder along"
+    )
 
 
 def worker_command(python: str, job_dir: Path | str, cache: Path | str) -> list[str]:

@@ -23,6 +23,8 @@ from runner.execute.base import (
     Executor,
     Launch,
     Outcome,
+    code_env,
+    code_problem,
     epoch_reached,
     signal_reason,
     stopped_on_request,
@@ -35,6 +37,7 @@ PROJECT_LABEL = "gridrun"  # every container gridrun starts carries gridrun=1
 OWNER_LABEL = "gridrun.owner"  # host:pid:start-time of the process that started it
 RESULTS_IN = PurePosixPath("/results")  # the suite's results folder is /results/<suite>
 CACHE_IN = PurePosixPath("/cache")
+CODE_IN = PurePosixPath("/gridrun/code")  # the suite's code: folder
 PIDS_LIMIT = 4096  # threads count as pids: TensorFlow alone starts a few hundred
 SHM_MAX = 8 * 2**30  # /dev/shm for data-loading workers, at most half the memory limit
 NOBODY = (65534, 65534)  # for an image that names no unprivileged user of its own
@@ -73,13 +76,13 @@ def probe(spec: JobSpec, build: bool = False, say: Callable[[str], None] = print
         need = f"image {name} was built from other code (only its code layer is rebuilt)"
     if not build:
         return True, f"{need}; `run` builds it first"
-    return _build(client, spec.framework, need, say)
+    return _build(spec.framework, need, say)
 
 
 _FAILED_BUILDS: dict[tuple[str, str], str] = {}  # (tag, source hash) -> why: each failing build is tried once
 
 
-def _build(client: Any, framework: str, need: str, say: Callable[[str], None]) -> tuple[bool, str]:
+def _build(framework: str, need: str, say: Callable[[str], None]) -> tuple[bool, str]:
     key = (images.tag(framework), images.source_hash(framework))
     if key in _FAILED_BUILDS:
         return False, _FAILED_BUILDS[key]
@@ -91,12 +94,43 @@ def _build(client: Any, framework: str, need: str, say: Callable[[str], None]) -
     try:
         # The build's outline only: the first line of each step.
         steps = lambda text: say(text.splitlines()[0]) if text.startswith("Step ") else None  # noqa: E731
-        built = images.build(framework, ca=images.pip_cert(), client=client, say=steps)
+        # Not the probe's client: its 5 s read timeout fails a build whose step is silent for longer
+        # (copying a framework's layer on a busy daemon); images.build connects with its own.
+        built = images.build(framework, ca=images.pip_cert(), say=steps)
     except Exception as e:  # a build fails in many ways (UserError, the SDK's API and stream errors)
         _FAILED_BUILDS[key] = f"{need}, and building it failed: {e}"
         return False, _FAILED_BUILDS[key]
     say(f"built {built.tag} in {built.seconds:.0f} s")
     return True, f"{need}; built it before the run"
+
+
+# How a daemon gets the NVIDIA runtime that passes GPUs into containers.
+NVIDIA_FIX = (
+    "install the NVIDIA Container Toolkit and register its runtime with the daemon "
+    "(`sudo nvidia-ctk runtime configure --runtime=docker`, then restart dockerd)"
+)
+
+
+def runtime_problem(client: Any, gpus: float) -> str:
+    """'' when the daemon can give a container the GPUs a job reserves (or it reserves none), else why not: the
+    daemon's runtimes (`docker info`) hold no NVIDIA one."""
+    if gpus <= 0:
+        return ""
+    runtimes = client.info().get("Runtimes") or {}
+    if any("nvidia" in f"{name} {conf}".lower() for name, conf in runtimes.items()):
+        return ""
+    return (
+        f"the Docker daemon has no NVIDIA runtime (its runtimes: {', '.join(sorted(runtimes)) or 'none'}), so it "
+        f"cannot give a container the {gpus:g} GPU(s) the job reserves"
+    )
+
+
+def gpu_problem(spec: JobSpec) -> str:
+    """`runtime_problem` of this machine's daemon for the job; '' too when no daemon answers (probe says so)."""
+    if spec.resources.gpus <= 0:
+        return ""
+    client, _ = images.try_connect(timeout=5)
+    return runtime_problem(client, spec.resources.gpus) if client is not None else ""
 
 
 def ensure_image(spec: JobSpec) -> str:
@@ -152,8 +186,10 @@ def container_config(
     python: str,
     user: str,
     memory_total: int,
+    pass_gpus: bool = True,
 ) -> dict[str, Any]:
-    """Keyword arguments of containers.create() for one launch. Pure: no daemon needed."""
+    """Keyword arguments of containers.create() for one launch. Pure: no daemon needed. Without `pass_gpus`
+    (a daemon that cannot, and a job whose declared fallback is the CPU) the container gets no GPU."""
     from docker.types import DeviceRequest, Mount
 
     spec = launch.spec_file.spec
@@ -167,17 +203,21 @@ def container_config(
     # Data and weights outside the cache: the loader made them absolute; same path inside, read-only.
     for extra in _input_paths(spec):
         mounts.append(Mount(extra, extra, type="bind", read_only=True))
+    code = launch.spec_file.code
+    if code:  # the user's modules, on the import path and out of reach of their own writes
+        mounts.append(Mount(str(CODE_IN), str(Path(code).resolve()), type="bind", read_only=True))
     memory = int(spec.resources.memory_gb * 2**30) if spec.resources.memory_gb else int(memory_total * 0.9)
     env = {
         **worker_env(launch, "docker"),
         # The container sees only its GPUs, numbered from 0.
-        "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(len(launch.gpu_ids))),
+        "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(len(launch.gpu_ids) if pass_gpus else 0)),
         "GRIDRUN_IMAGE": image,
         "GRIDRUN_IMAGE_DIGEST": image_digest,
         # The invoker's uid may have no home nor passwd entry in the image: Keras and matplotlib
         # write under HOME, and getpass.getuser() (torch.compile's cache) reads USER first.
         "HOME": "/tmp",
         "USER": "gridrun",
+        **(code_env(str(CODE_IN)) if code else {}),
     }
     suite, job = launch.spec_file.suite, launch.spec_file.job
     return {
@@ -204,7 +244,9 @@ def container_config(
         "shm_size": min(SHM_MAX, memory // 2),
         "init": True,  # a real PID 1 that forwards SIGTERM and reaps data-loader processes
         "device_requests": (
-            [DeviceRequest(device_ids=list(launch.gpu_ids), capabilities=[["gpu"]])] if launch.gpu_ids else None
+            [DeviceRequest(device_ids=list(launch.gpu_ids), capabilities=[["gpu"]])]
+            if launch.gpu_ids and pass_gpus
+            else None
         ),
     }
 
@@ -225,13 +267,22 @@ class DockerExecutor(Executor):
             return Outcome(2, str(e))
         if image is None:
             return Outcome(2, f"image {name} not built. Fix: run `make images` (or `gridrun images build`)")
+        problem = code_problem(launch)
+        if problem:
+            return Outcome(2, problem)
+        spec = launch.spec_file.spec
+        # Checked before devices are requested: a daemon without the NVIDIA runtime refuses them only at the start.
+        no_gpus = runtime_problem(client, spec.resources.gpus) if launch.gpu_ids else ""
+        if no_gpus and spec.resources.gpu_fallback != "cpu":
+            return Outcome(
+                2, f"{no_gpus}. Fix: {NVIDIA_FIX}; or use --executor process where the host's framework sees the GPU"
+            )
         user, lend_to = container_user(os.getuid(), os.getgid(), image.attrs.get("Config", {}).get("User", ""))
         launch.paths.dir.mkdir(parents=True, exist_ok=True)
         launch.cache.mkdir(parents=True, exist_ok=True)
         python = image.labels.get("gridrun.python") or "python3"
-        config = container_config(
-            launch, name, images.digest(image), python, user, int(client.info().get("MemTotal", 0)) or 8 * 2**30
-        )
+        memory_total = int(client.info().get("MemTotal", 0)) or 8 * 2**30
+        config = container_config(launch, name, images.digest(image), python, user, memory_total, pass_gpus=not no_gpus)
         if lend_to:
             _chown_tree(launch.paths.dir, *lend_to)
         container = None
@@ -241,6 +292,8 @@ class DockerExecutor(Executor):
             # Removes the container should this Ray worker be killed before the `finally` below can.
             watchdog = reaper.guard_container(container.id)
             with open(launch.paths.log, "ab", buffering=0) as log:
+                if no_gpus:  # the worker then announces and records the CPU standing in
+                    log.write(f"the container gets no GPU: {no_gpus}; resources.gpu_fallback: cpu\n".encode())
                 log.write(
                     f"$ docker run {name} ({container.name}, user {user}): {' '.join(config['command'])}\n".encode()
                 )

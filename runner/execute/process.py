@@ -12,6 +12,8 @@ from runner.execute.base import (
     Executor,
     Launch,
     Outcome,
+    code_env,
+    code_problem,
     epoch_reached,
     signal_reason,
     stopped_on_request,
@@ -56,12 +58,17 @@ class ProcessExecutor(Executor):
     name = "process"
 
     def run(self, launch: Launch) -> Outcome:
+        problem = code_problem(launch)
+        if problem:
+            return Outcome(2, problem)
         cmd = worker_command(sys.executable, launch.paths.dir, launch.cache)
         # The training code has no use for the cluster's token: it must not be able to print it into a log.
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")},
             **worker_env(launch, self.name),
         }
+        if launch.spec_file.code:
+            env.update(code_env(launch.spec_file.code, env.get("PYTHONPATH", "")))
         launch.paths.dir.mkdir(parents=True, exist_ok=True)
         with open(launch.paths.log, "ab", buffering=0) as log:
             log.write(f"$ {' '.join(cmd)}\n".encode())

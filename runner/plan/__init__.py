@@ -3,6 +3,7 @@
 A job that no node can ever fit is refused here, before anything starts: Ray alone would wait forever.
 """
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,12 +12,13 @@ from rich.table import Table
 
 from runner.errors import UserError
 from runner.execute import Choice, choose
-from runner.plan import identity
+from runner.plan import identity, models
 from runner.plan.nodes import Node
 from runner.prepare import Prepared
 from runner.store import JobStore, ResultsStore
 from runner.suite import LoadedSuite
 from schemas import Identity, JobSpec, Owner, RunResult, RunStatus, Substitution
+from schemas.registry import Parameters
 
 
 @dataclass
@@ -32,6 +34,8 @@ class PlannedJob:
     why: str
     store: JobStore  # the job's folder in the results store
     identity: Identity  # what the result depends on, recorded in spec.json
+    code: str = ""  # the suite's code: folder, for a job that imports from it
+    parameters: Parameters | None = None  # None: not counted here (user code, or its library not installed)
 
     @property
     def spec(self) -> JobSpec:
@@ -112,9 +116,11 @@ def make_plan(
     executor: str | None = None,
     force: bool = False,
     say=print,
+    counts: Mapping[str, Parameters] | None = None,
 ) -> list[PlannedJob]:
     """Check fit, choose executors, and decide run or skip for each job. Reads only: the inputs were
-    prepared (or previewed) and the images built before."""
+    prepared (or previewed) and the images built before. `counts`: each job's parameters by name
+    (runner.plan.models.counts); without them a twin's are its arithmetic."""
     specs = [p.spec for p in prepared]
     refused = [(s.name, p) for s in specs if (p := fit_problem(s, nodes))]
     if refused:
@@ -129,13 +135,15 @@ def make_plan(
     holder = suite.holder()  # a live driver of this suite folder: its queued and running jobs are not stale
     plan = []
     runtimes: dict[tuple[str, str], tuple[dict[str, str], str]] = {}  # one look at the packages or daemon each
+    # The code folder is read once, and only when some job imports from it.
+    user_code = identity.folder_hash(loaded.code_files()) if any(p.spec.code_refs() for p in prepared) else ""
     for ready in prepared:
         declared = ready.declared
         choice = ready.executor or choose(executor or declared.executor, ready.spec, say=say)
         key = (ready.spec.framework, choice.image)
         if key not in runtimes:
             runtimes[key] = identity.runtime(ready.spec.framework, choice)
-        ident = identity.identify(ready.spec, *runtimes[key])
+        ident = identity.identify(ready.spec, *runtimes[key], user_code=user_code)
         store = suite.job(declared.name)
         action, why = _decide(store, ident, ready, force, holder)
         old = store.read_spec() if action == "run" else None
@@ -152,6 +160,8 @@ def make_plan(
                 why,
                 store,
                 ident,
+                str(loaded.code) if ready.spec.code_refs() and loaded.code else "",
+                (counts or {}).get(declared.name) or models.arithmetic(ready.spec),
             )
         )
     return plan
@@ -187,6 +197,7 @@ def plan_table(plan: list[PlannedJob], title: str) -> Table:
         "framework",
         "model",
         "weights",
+        "parameters",
         "epochs",
         "data",
         "resources",
@@ -210,6 +221,7 @@ def plan_table(plan: list[PlannedJob], title: str) -> Table:
             s.framework,
             s.model.arch + (f" w{s.model.classifier_width}" if s.model.classifier_width else ""),
             weights,
+            _parameters(p.parameters),
             str(s.train.epochs),
             f"{s.dataset.name} {s.dataset.image_size}px",
             res,
@@ -218,3 +230,18 @@ def plan_table(plan: list[PlannedJob], title: str) -> Table:
             subs,
         )
     return table
+
+
+def _parameters(counted: Parameters | None) -> str:
+    """25.6 M; with a frozen backbone also what trains: 25.6 M\n20.5 k trainable."""
+    if counted is None:
+        return "[dim]not counted[/]"
+    text = _short(counted.total)
+    return text if counted.trainable == counted.total else f"{text}\n[dim]{_short(counted.trainable)} trainable[/]"
+
+
+def _short(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return str(n)

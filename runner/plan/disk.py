@@ -2,17 +2,19 @@
 
 A checkpoint is float32: `last` holds every parameter plus the optimizer's state for each trainable
 one (Adam keeps two slots, SGD with momentum one), `best` the parameters alone; while `last` is
-rewritten its old copy still exists. Both frameworks build the same models with the same counts, which
-the architecture's declaration computes (schemas.registry): no framework is imported to size a plan.
+rewritten its old copy still exists. The counts come from runner.plan.models: a twin's by its
+declaration's arithmetic, a zoo model's from its library (asked in a child process): no framework is
+imported to size a plan.
 """
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.train import data
+from runner.plan.models import arithmetic
 from schemas import JobSpec
-from schemas.registry import DATASETS
+from schemas.registry import Parameters
 
 FLOAT_BYTES = 4
 
@@ -30,20 +32,11 @@ class Need:
         return self.last + self.best
 
 
-def _classes(spec: JobSpec) -> int:
-    """The dataset's classes as declared; for a folder of the user's, its class sub-folders (10 while absent)."""
-    ds = spec.dataset
-    declared = DATASETS[ds.name].classes
-    if declared is not None:
-        return declared
-    root = Path(ds.path or "").expanduser()
-    return max(1, len(data.class_folders(root))) if ds.path and root.is_dir() else 10
-
-
-def need(spec: JobSpec) -> Need | None:
-    """The checkpoint bytes of one job (upper bound: BatchNorm buffers and metadata are left out); None for
-    a zoo model, which only its library can count."""
-    counted = spec.model.parameters(_classes(spec))
+def need(spec: JobSpec, counted: Parameters | None = None) -> Need | None:
+    """The checkpoint bytes of one job (upper bound: BatchNorm buffers and metadata are left out), from its
+    parameter counts (a twin's by default); None when it has none: a zoo model whose library is not installed
+    here, a user's model, a dataset of the user's function."""
+    counted = counted or arithmetic(spec)
     if counted is None:
         return None
     total, trainable = counted
@@ -60,10 +53,14 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def check(specs: list[JobSpec], results: Path | None) -> tuple[str, bool]:
+def check(
+    specs: list[JobSpec], results: Path | None, counts: Mapping[str, Parameters] | None = None
+) -> tuple[str, bool]:
     """A line for the plan (the checkpoints' size against the free space) and whether it is a warning.
-    `results` is the local folder of the results, None on object storage (which has no free space to check)."""
-    needs = [n for n in (need(s) for s in specs) if n is not None]
+    `results` is the local folder of the results, None on object storage (which has no free space to check);
+    `counts` the jobs' parameters by name (runner.plan.models.counts; by default a twin's arithmetic)."""
+    counts = counts or {}
+    needs = [n for n in (need(s, counts.get(s.name)) for s in specs) if n is not None]
     if not needs:
         return "", False
     uncounted = len(specs) - len(needs)
@@ -74,7 +71,7 @@ def check(specs: list[JobSpec], results: Path | None) -> tuple[str, bool]:
         f"(largest: {max(needs, key=lambda n: n.total).job}, {_gb(max(n.total for n in needs))})"
     )
     if uncounted:
-        line += f", besides {uncounted} zoo-model job(s) not sized here"
+        line += f", besides {uncounted} job(s) not counted here (user code, or a library not installed here)"
     if results is None:
         return line, False
     free = free_bytes(results)

@@ -4,6 +4,7 @@
     code      the worker's own modules: what `python -m runner.train.worker` imports of gridrun
     versions  framework packages, numpy and python (process); the image's declared ones (docker)
     image     the image's id or digest (docker), '' for a local process
+    user_code the suite's code: folder, each file's relative path and bytes, for a job that imports from it
 
 Computed on the driver without importing a framework: versions come from package metadata.
 """
@@ -81,10 +82,7 @@ def worker_files(root: Path = ROOT) -> list[str]:
 
 @functools.cache
 def _code_hash(root: Path) -> str:
-    h = hashlib.sha256()
-    for rel in worker_files(root):
-        h.update(rel.encode() + b"\0" + (root / rel).read_bytes() + b"\0")
-    return h.hexdigest()[:16]
+    return folder_hash([(rel, root / rel) for rel in worker_files(root)])
 
 
 def code_hash(root: Path | None = None) -> str:
@@ -110,9 +108,19 @@ def runtime(framework: str, choice: Choice) -> tuple[dict[str, str], str]:
     return {**versions, "python": platform.python_version()}, ""
 
 
-def identify(spec: JobSpec, versions: dict[str, str], image: str) -> Identity:
-    """The identity of a run of `spec` with these versions and image, from the code of this tree."""
-    return Identity(spec=spec.digest(), code=code_hash(), versions=versions, image=image)
+def folder_hash(files: list[tuple[str, Path]]) -> str:
+    """Hash of files given as (relative path, path): a change of any path or byte changes it."""
+    h = hashlib.sha256()
+    for rel, path in files:
+        h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def identify(spec: JobSpec, versions: dict[str, str], image: str, user_code: str = "") -> Identity:
+    """The identity of a run of `spec` with these versions and image, from the code of this tree; `user_code`,
+    the hash of the suite's code: folder, counts for a job that imports from it only."""
+    own = user_code if spec.code_refs() else ""
+    return Identity(spec=spec.digest(), code=code_hash(), versions=versions, image=image, user_code=own)
 
 
 def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -151,6 +159,8 @@ def changes(old: SpecFile | None, new: Identity, spec: JobSpec) -> str:
         return "; ".join(reasons) or "no identity recorded with this result (an older gridrun's)"
     if was.code != new.code:
         reasons.append("trainer code changed since this result")
+    if was.user_code and new.user_code and was.user_code != new.user_code:  # else the spec's change says it
+        reasons.append("a file of your code: folder changed since this result")
     if was.image != new.image:
         reasons.append("image changed")  # the versions inside it changed with it, if any did
     else:

@@ -32,6 +32,7 @@ class PlannedSearch:
     why: str
     store: SearchStore
     finished: int = 0  # trials finished so far (succeeded or stopped early)
+    code: str = ""  # the suite's code: folder, when the base imports from it
 
     @property
     def name(self) -> str:
@@ -65,6 +66,7 @@ def search_digest(resolved: ResolvedSearch, prepared: Prepared, ident: Identity)
         "code": ident.code,
         "versions": ident.versions,
         "image": ident.image,
+        "user_code": ident.user_code,
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
@@ -95,11 +97,13 @@ def plan_search(
             "nodes offer) in the base job, or remove resources.labels."
         )
     choice = prepared.executor or choose(executor or prepared.declared.executor, spec, say=say)
-    ident = identity.identify(spec, *identity.runtime(spec.framework, choice))
+    user_code = identity.folder_hash(loaded.code_files()) if spec.code_refs() else ""
+    ident = identity.identify(spec, *identity.runtime(spec.framework, choice), user_code=user_code)
     digest = search_digest(resolved, prepared, ident)
     store = results.suite(loaded.name).search(resolved.name)
     action, why, finished = _decide(store, digest, resolved, prepared, ident, force)
-    return PlannedSearch(resolved, prepared, choice, ident, digest, action, why, store, finished)
+    code = str(loaded.code) if spec.code_refs() and loaded.code else ""
+    return PlannedSearch(resolved, prepared, choice, ident, digest, action, why, store, finished, code)
 
 
 def _finished(store: SearchStore) -> int:
@@ -121,6 +125,8 @@ def _changes(old: dict[str, Any], resolved: ResolvedSearch, prepared: Prepared, 
         reasons.append(f"its base changed: {identity.spec_changes(before_spec, prepared.spec)}")
     if before.code != ident.code:
         reasons.append("trainer code changed since it started")
+    if before.user_code != ident.user_code:
+        reasons.append("the suite's code: folder changed since it started")
     if before.image != ident.image:
         reasons.append("image changed")
     elif before.versions != ident.versions:

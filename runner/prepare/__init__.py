@@ -6,10 +6,12 @@ model.weights_fallback) stands in, announced and recorded; without one the job f
 message naming the file to provide and where.
 """
 
+import contextlib
 import hashlib
 import os
 import tarfile
 import tempfile
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,8 +21,9 @@ from runner.errors import UserError
 from runner.execute import Choice, choose
 from runner.prepare import inputs
 from runner.store import Storage
-from runner.train import data, weights
+from runner.train import data, probe, weights
 from schemas import JobSpec, Substitution
+from schemas.registry import Dataset, model_ref
 
 DOWNLOAD_TIMEOUT_S = 30
 
@@ -122,7 +125,8 @@ class Preparer:
             return
         sub = Substitution(kind="dataset", wanted=ds.name, used=ds.fallback, reason=problem)
         self._announce(f"SUBSTITUTE job {out.spec.name}: dataset {ds.fallback} stands in for {ds.name}", problem)
-        out.spec.dataset = ds.model_copy(update={"name": ds.fallback, "fallback": None, "path": None})
+        # A substitute has none of what belongs to the dataset it stands in for: its folder, its sets of labels.
+        out.spec.dataset = ds.model_copy(update={"name": ds.fallback, "fallback": None, "path": None, "labels": None})
         out.substitutions.append(sub)
 
     def _weights(self, out: Prepared) -> None:
@@ -148,29 +152,32 @@ class Preparer:
         missing = data.missing_files(ds, self.cache)
         if not missing:
             return ""
-        if ds.name != "cifar10":
+        declared = ds.declared
+        if declared.download is None:
             return f"{missing[0]} does not exist; fix: create it or point dataset.path at it"
-        root = data.cifar10_root(ds, self.cache)
-        key = f"cifar10:{root}"
+        root = data.download_root(ds, self.cache)
+        key = f"{ds.name}:{root}"
         if key not in self._fetched:
-            self._fetched[key] = self._fetch_cifar10(root)
+            self._fetched[key] = self._fetch(declared, root)
         return self._fetched[key]
 
-    def _fetch_cifar10(self, root: Path) -> str:
-        where = root / data.CIFAR10_FOLDER
+    def _fetch(self, declared: Dataset, root: Path) -> str:
+        """Download and extract a dataset's archive into `root`: '' when done, else why it could not be."""
+        download = declared.download
+        assert download is not None
         try:
             if not self.download:  # `gridrun plan`: say what `run` would do, without the download
-                _reachable(data.CIFAR10_URL)
+                _reachable(download.url)
                 return ""
-            self.say(f"prepare: downloading CIFAR-10 into {root}")
-            archive = _download(data.CIFAR10_URL, root / "cifar-10-python.tar.gz", md5=data.CIFAR10_MD5)
+            self.say(f"prepare: downloading {declared.shown} into {root}")
+            archive = _download(download.url, root / download.url.rsplit("/", 1)[-1], md5=download.md5)
             with tarfile.open(archive) as tar:
                 tar.extractall(root, filter="data")
             archive.unlink()
         except (OSError, ValueError, tarfile.TarError) as e:
             return (
-                f"CIFAR-10 is not in {where} and could not be downloaded ({_short(e)}); "
-                f"fix: extract {data.CIFAR10_URL} into {root}"
+                f"{declared.shown} is not in {root / download.folder} and could not be downloaded ({_short(e)}); "
+                f"fix: extract {download.url} into {root}"
             )
         return ""
 
@@ -182,8 +189,7 @@ class Preparer:
         if spec.model.weights != "imagenet":
             return f"weights file {path} does not exist; fix: provide it there or change model.weights"
         if not spec.model.twin:
-            # A zoo's weights come from its library, which only the worker's side imports: provided by hand.
-            return weights.zoo_weights_missing(spec.model.arch, path)
+            return self._zoo_weights(spec, path)
         source = weights.imagenet_source(spec.framework, spec.model.arch)
         key = f"weights:{path}"
         if key not in self._fetched:
@@ -201,6 +207,26 @@ class Preparer:
                 )
         return self._fetched[key]
 
+    def _zoo_weights(self, spec: JobSpec, path: Path) -> str:
+        """A zoo model's ImageNet weights: its library downloads them (into its own cache, pointed into
+        gridrun's) and they are saved at `path`, in a child process: the driver imports no framework."""
+        arch = spec.model.arch
+        zoo = model_ref(arch).zoo
+        assert zoo is not None
+        key = f"weights:{path}"
+        if key not in self._fetched:
+            if self.download:
+                self.say(f"prepare: downloading {zoo.display}'s ImageNet weights of {arch} into {path}")
+                problem = probe.fetch_weights(arch, path, self.cache)
+            else:  # `gridrun plan`: say what `run` would do, without the download
+                try:
+                    _answers(zoo.weights_host)
+                    problem = ""
+                except OSError as e:
+                    problem = f"{zoo.weights_host} does not answer: {_short(e)}"
+            self._fetched[key] = weights.zoo_weights_missing(arch, path, problem) if problem else ""
+        return self._fetched[key]
+
 
 def _short(e: BaseException) -> str:
     return str(getattr(e, "reason", None) or e).splitlines()[0][:160]
@@ -210,6 +236,12 @@ def _reachable(url: str) -> None:
     """Raise OSError when a download would fail to start (for a plan, which downloads nothing)."""
     with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=DOWNLOAD_TIMEOUT_S):
         pass
+
+
+def _answers(url: str) -> None:
+    """Raise OSError when the server of `url` cannot be reached; any HTTP answer, an error too, means it can."""
+    with contextlib.suppress(urllib.error.HTTPError):
+        _reachable(url)
 
 
 def _download(url: str, dest: Path, md5: str = "", sha256_prefix: str = "") -> Path:

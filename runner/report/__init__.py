@@ -74,6 +74,13 @@ def build_document(
             tables.framework_table(pairs, label),
             plotter.frameworks(pairs) if plotter else None,
         )
+    same = tables.same_names(runs)
+    if same:
+        add(
+            "Same name, different networks",
+            "Zoo models of different libraries that share a name (case and underscores aside), side by side.",
+            tables.same_name_table(same, label),
+        )
     if finished:
         add("Accuracy per hour", tables.tradeoff_table(runs, label), plotter.tradeoff(finished) if plotter else None)
         add("Per-class accuracy", *tables.per_class_tables(runs, label))

@@ -8,7 +8,7 @@ from pathlib import Path
 from runner.report.document import MISSING, Cell, Table, count, duration, pct, rate
 from runner.report.runs import PROBLEM_STATES, Run
 from schemas import JobSpec, RunResult, Substitution
-from schemas.registry import FRAMEWORKS
+from schemas.registry import FRAMEWORKS, ZOOS, model_ref, same_name
 
 Label = Callable[[Run], str]
 
@@ -122,24 +122,102 @@ def _framework_order(framework: str) -> tuple[int, str]:
     return (order.index(framework), "") if framework in order else (len(order), framework)
 
 
-def framework_pairs(runs: list[Run]) -> list[Comparison]:
-    """Models that ran in two or more frameworks with the same weights and data (the best run of each);
-    a pair for the study's two frameworks, hence the name."""
+def _best_of(
+    runs: list[Run], model: Callable[[JobSpec], str | None], side: Callable[[JobSpec], str]
+) -> dict[tuple[str, str, str], dict[str, Run]]:
+    """Finished runs grouped by (model(spec), weights, dataset), the best of each side(spec) in a group;
+    runs whose model(spec) is None are left out."""
     groups: dict[tuple[str, str, str], dict[str, Run]] = {}
     for run, result in _finished(runs):
         spec = result.spec
+        name = model(spec)
+        if name is None:
+            continue
         # Only the same network is compared: a narrower classifier is another model.
-        model = spec.model.arch + (f" (dense {spec.model.classifier_width})" if spec.model.classifier_width else "")
-        key = (model, weights_label(spec, result.substitutions), dataset_label(spec, result.substitutions))
-        side = groups.setdefault(key, {})
-        held = side.get(spec.framework)
+        name += f" (dense {spec.model.classifier_width})" if spec.model.classifier_width else ""
+        key = (name, weights_label(spec, result.substitutions), dataset_label(spec, result.substitutions))
+        held = groups.setdefault(key, {}).get(side(spec))
         if held is None or result.best_test_accuracy > held.result.best_test_accuracy:  # type: ignore[union-attr]
-            side[spec.framework] = run
+            groups[key][side(spec)] = run
+    return groups
+
+
+def framework_pairs(runs: list[Run]) -> list[Comparison]:
+    """Twins (the same network in every framework) that ran in two or more frameworks with the same weights
+    and data (the best run of each); a pair for the study's two frameworks, hence the name. A zoo model is
+    its library's own network, in one framework: runs of zoo models that share a name are same_names'."""
+    groups = _best_of(runs, lambda spec: spec.model.arch if spec.model.twin else None, lambda spec: spec.framework)
     return [
         Comparison(*key, runs={f: side[f] for f in sorted(side, key=_framework_order)})
         for key, side in groups.items()
         if len(side) >= 2
     ]
+
+
+@dataclass(frozen=True)
+class SameName:
+    """Zoo models of two or more libraries that share a name, case and underscores aside (torchvision.resnet50,
+    keras.ResNet50): different networks, shown side by side with their parameter counts, never as a
+    comparison of frameworks."""
+
+    name: str
+    weights: str
+    dataset: str
+    runs: dict[str, Run]  # library prefix -> its best run, in the registry's order
+
+    def archs(self) -> list[str]:
+        return [run.result.spec.model.arch for run in self.runs.values() if run.result is not None]
+
+
+def _zoo_name(spec: JobSpec) -> str | None:
+    return same_name(spec.model.arch) if model_ref(spec.model.arch).zoo is not None else None
+
+
+def same_names(runs: list[Run]) -> list[SameName]:
+    """Zoo models of two or more libraries that share a name, with the same weights and data (the best run of
+    each library)."""
+    order = list(ZOOS)
+    groups = _best_of(runs, _zoo_name, lambda spec: model_ref(spec.model.arch).zoo.prefix)  # type: ignore[union-attr]
+    return [
+        SameName(*key, runs={z: side[z] for z in sorted(side, key=order.index)})
+        for key, side in groups.items()
+        if len(side) >= 2
+    ]
+
+
+def same_name_libraries(groups: list[SameName]) -> list[str]:
+    """Every library some group holds, in the registry's order."""
+    return [z for z in ZOOS if any(z in g.runs for g in groups)]
+
+
+def _parameters(result: RunResult) -> str:
+    total, trainable = result.total_parameters, result.trainable_parameters
+    return count(total) if trainable == total else f"{count(total)} ({count(trainable)} trainable)"
+
+
+def same_name_table(groups: list[SameName], label: Label) -> Table:
+    """A row per name, a group of columns per library: its run, parameters, accuracy and wall time."""
+    libraries = same_name_libraries(groups)
+    names = [ZOOS[z].display for z in libraries]
+    headers = ["Name", "Networks", "Weights", "Dataset"]
+    for what in ("run", "parameters", "acc", "time"):
+        headers += [f"{name} {what}" for name in names]
+    rows = []
+    for g in groups:
+        results = [g.runs[z].result if z in g.runs else None for z in libraries]
+        row = [Cell(g.name), Cell(f"different: {', '.join(g.archs())}"), Cell(g.weights), Cell(g.dataset)]
+        row += [Cell(label(g.runs[z]) if z in g.runs else MISSING) for z in libraries]
+        row += [Cell(_parameters(r) if r else MISSING, numeric=True) for r in results]
+        row += [Cell(pct(r.best_test_accuracy) if r else MISSING, numeric=True) for r in results]
+        row += [Cell(duration(r.timing.total_seconds) if r else MISSING, numeric=True) for r in results]
+        rows.append(row)
+    return Table(
+        headers,
+        rows,
+        "Each library builds its own network under a name (its layers, parameter counts and defaults), so these "
+        "runs are different networks side by side, not a comparison of frameworks: only gridrun's twins "
+        "compare frameworks. Accuracy: test accuracy at the best epoch.",
+    )
 
 
 def compared_frameworks(comparisons: list[Comparison]) -> list[str]:
@@ -307,6 +385,13 @@ def conclusion(runs: list[Run], label: Label) -> list[str]:
             )
         which = "Both frameworks" if len(each) == 2 else f"{len(each)} frameworks"
         lines.append(f"{which}, {c.model} ({c.weights}, {c.dataset}): {', '.join(each)}.")
+    for g in same_names(runs)[:3]:
+        each = []
+        for run in g.runs.values():
+            r = run.result
+            assert r is not None
+            each.append(f"{r.spec.model.arch} {pct(r.best_test_accuracy)} with {count(r.total_parameters)} parameters")
+        lines.append(f"Same name, different networks ({g.weights}, {g.dataset}): {', '.join(each)}.")
     problems = [r for r in runs if r.state in PROBLEM_STATES]
     if problems:
         states = sorted({r.state for r in problems})

@@ -308,6 +308,7 @@ class Driver:
             substitutions=job.substitutions,
             executor=job.executor.name,
             image=job.executor.image,
+            code=job.code,
             identity=job.identity,
         )
         store.write_spec(spec_file)

@@ -1,14 +1,16 @@
 """A suite as a Ray Job: submit it through the Jobs API, list, follow, stop, and bring its results back.
 
-The suite file and gridrun's own code travel in the job's runtime_env (working_dir), so the cluster needs
-only the libraries. The job's driver runs `gridrun run --address auto` on the cluster and writes the results
-to `--remote-results`/<submission id>: a storage URL (s3://...) or a path on the cluster (by default
+The suite file, its code: folder and gridrun's own code travel in the job's runtime_env (working_dir), so
+the cluster needs only the libraries (Ray puts the working_dir on every node that runs one of its tasks). The
+job's driver runs `gridrun run --address auto` on the cluster and writes the results to
+`--remote-results`/<submission id>: a storage URL (s3://...) or a path on the cluster (by default
 ~/gridrun-results on the node that runs the job's driver). `gridrun fetch` copies them from there into a
 folder here; no file travels through Ray. Every request carries Ray's token; it is never printed, and never put into
 the job's runtime_env or metadata, which anyone who may list jobs can read.
 """
 
 import logging
+import os
 import secrets
 import shlex
 import shutil
@@ -24,7 +26,7 @@ from urllib.parse import urlparse
 from runner import __version__
 from runner.errors import UserError
 from runner.schedule import cluster as ray_cluster
-from runner.suite import load_suite
+from runner.suite import LoadedSuite, load_suite
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 REMOTE_RESULTS = "~/gridrun-results"
@@ -140,24 +142,38 @@ class JobsApi:
         loaded = load_suite(suite)  # a mistake in the suite is reported here, before anything is sent
         sid = f"gridrun-{loaded.name}-{secrets.token_hex(4)}"
         results = f"{remote_results.rstrip('/')}/{sid}"
-        args = ["run", f"suite/{suite.name}", "--address", "auto"]
+        with tempfile.TemporaryDirectory(prefix="gridrun-submit-") as stage:
+            staged = stage_dir(Path(stage), loaded)
+            self._send(staged, Path(stage), sid, results, loaded.name, profile, executor, force)
+        return sid, results
+
+    def _send(
+        self,
+        staged: str,
+        stage: Path,
+        sid: str,
+        results: str,
+        suite: str,
+        profile: str | None,
+        executor: str | None,
+        force: bool,
+    ) -> None:
+        """Submit the staged working_dir as the Ray Job `sid`, its driver running the staged suite."""
+        args = ["run", staged, "--address", "auto"]
         args += ["--profile", profile] if profile else []
         args += ["--executor", executor] if executor else []
         args += ["--force"] if force else []
         entrypoint = f"python -m runner {shlex.join(args)} --results {_shell_path(results)}"
-        with tempfile.TemporaryDirectory(prefix="gridrun-submit-") as stage:
-            _stage(Path(stage), suite)
-            with self._errors():
-                self.client.submit_job(
-                    entrypoint=entrypoint,
-                    submission_id=sid,
-                    runtime_env={
-                        "working_dir": stage,
-                        "env_vars": {**STOP_ENV, "PYTHONUNBUFFERED": "1", "GRIDRUN_SUBMISSION": sid},
-                    },
-                    metadata={"gridrun": __version__, "suite": loaded.name, "results": results},
-                )
-        return sid, results
+        with self._errors():
+            self.client.submit_job(
+                entrypoint=entrypoint,
+                submission_id=sid,
+                runtime_env={
+                    "working_dir": str(stage),
+                    "env_vars": {**STOP_ENV, "PYTHONUNBUFFERED": "1", "GRIDRUN_SUBMISSION": sid},
+                },
+                metadata={"gridrun": __version__, "suite": suite, "results": results},
+            )
 
     # --- the others ------------------------------------------------------------------------------
 
@@ -215,15 +231,32 @@ def _shell_path(path: str) -> str:
     return shlex.quote(path)
 
 
-def _stage(stage: Path, suite: Path) -> None:
-    """The job's working_dir: gridrun's packages and the suite file, nothing else of this machine."""
+def stage_dir(stage: Path, loaded: LoadedSuite) -> str:
+    """Fill the job's working_dir: gridrun's packages, the suite file and its code: folder, nothing else of this
+    machine; the staged suite's path in it. Under suite/, the suite file and the code folder keep their places
+    relative to each other (from the folder that holds both), so the suite's relative code: finds it there."""
     import runner
 
+    if loaded.code is not None and Path(loaded.suite.code or "").expanduser().is_absolute():
+        relative = os.path.relpath(loaded.code, loaded.path.resolve().parent)
+        raise UserError(
+            f"{loaded.path}: code: {loaded.suite.code} is an absolute path; `gridrun submit` sends the code folder "
+            "with the suite and finds it, as everywhere, relative to the suite file. Fix: write code: relative "
+            f"to the suite file (e.g. code: {relative})"
+        )
     root = Path(runner.__file__).resolve().parent.parent
     for package in CODE_PACKAGES:
         shutil.copytree(root / package, stage / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    (stage / "suite").mkdir()
-    shutil.copy2(suite, stage / "suite" / suite.name)
+    suite = loaded.path.resolve()
+    base = Path(os.path.commonpath([suite.parent, *([loaded.code] if loaded.code else [])]))
+    copies = [(suite, suite.relative_to(base))]
+    if loaded.code is not None:
+        copies += [(path, loaded.code.relative_to(base) / rel) for rel, path in loaded.code_files()]
+    for source, rel in copies:
+        target = stage / "suite" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+    return f"suite/{suite.relative_to(base).as_posix()}"
 
 
 def fetch(api: JobsApi, job_id: str, dest: str, say=print) -> tuple[int, int]:

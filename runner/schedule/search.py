@@ -77,6 +77,8 @@ class TrialSetup:
     keys: list[str]  # the space's dotted keys, in order
     width: int  # digits of a trial's number
     wanted: list[inputs.Input] = field(default_factory=list)
+    user_code: str = ""  # the hash of the suite's code: folder, when the base imports from it
+    code_folder: str = ""  # that folder
 
 
 def _plain(value: Any) -> Any:
@@ -97,7 +99,9 @@ class GridrunTrial(tune.Trainable):
         name = self.trial_name
         spec = with_values(JobSpec.model_validate_json(setup.spec_json), self.values, name)
         declared = with_values(JobSpec.model_validate_json(setup.declared_json), self.values, name)
-        ident = Identity(spec=spec.digest(), code=setup.code, versions=setup.versions, image=setup.image)
+        ident = Identity(
+            spec=spec.digest(), code=setup.code, versions=setup.versions, image=setup.image, user_code=setup.user_code
+        )
         self.spec_file = SpecFile(
             suite=setup.suite,
             job=name,
@@ -110,6 +114,7 @@ class GridrunTrial(tune.Trainable):
             executor=setup.executor,
             image=setup.image,
             identity=ident,
+            code=setup.code_folder,
             trial=TrialInfo(search=setup.search, number=trial_number(name), values=self.values),
         )
         self.epochs = spec.train.epochs
@@ -434,6 +439,8 @@ class SearchDriver:
             keys=list(planned.resolved.spec.space),
             width=len(str(planned.resolved.spec.trials)),
             wanted=inputs.of_job(prepared.spec, self.cache.local) if self.cache.remote is not None else [],
+            user_code=planned.identity.user_code,
+            code_folder=planned.code,
         )
 
     def _tuner(self, planned: PlannedSearch, restore: bool) -> tune.Tuner:

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from runner.errors import UserError
+from runner.suite import code as code_folder
 from schemas import JobSpec, SearchSpec, Suite
 from schemas.base import clip, excerpt
 
@@ -167,10 +168,15 @@ class LoadedSuite:
     path: Path
     text: str
     suite: Suite
+    code: Path | None = None  # the suite's code: folder, resolved and checked; None when it names none
 
     @property
     def name(self) -> str:
         return self.suite.suite
+
+    def code_files(self) -> list[tuple[str, Path]]:
+        """The files of the code: folder, sorted by relative path (none without one)."""
+        return code_folder.files(self.code) if self.code is not None else []
 
     def jobs(self, profile: str | None = None) -> list[JobSpec]:
         """Every job of the suite, with defaults, matrix and the profile applied, validated."""
@@ -183,6 +189,10 @@ class LoadedSuite:
         for where, raw in self._entries():
             merged = _merge(_merge(copy.deepcopy(self.suite.defaults), raw), overrides)
             spec = self._validate_job(where, merged, profile)
+            for field, ref in spec.code_refs():
+                problem = code_folder.module_problem(self.code, field, ref)
+                if problem:
+                    raise UserError(f"{self.path}: {where} {excerpt(spec.name)}: {problem}.")
             if spec.name in where_by_name:
                 raise UserError(
                     f"{self.path}: {where_by_name[spec.name]} and {where} are both named {spec.name!r}. "
@@ -226,7 +236,12 @@ class LoadedSuite:
         merged = _merge(_merge(copy.deepcopy(self.suite.defaults), raw), overrides)
         merged["name"] = search.name
         origin = f"job {search.base!r}" if search.base else "the defaults"
-        base = self._validate_job(f"search {search.name!r} (its base: {origin})", merged, profile)
+        where = f"search {search.name!r} (its base: {origin})"
+        base = self._validate_job(where, merged, profile)
+        for field, ref in base.code_refs():
+            problem = code_folder.module_problem(self.code, field, ref)
+            if problem:
+                raise UserError(f"{self.path}: {where}: {problem}.")
         resolved = ResolvedSearch(search, self._resolve_paths(base), profile)
         self._check_space(resolved, origin)
         return resolved
@@ -292,7 +307,8 @@ def load_suite(path: Path | str) -> LoadedSuite:
         suite = Suite.model_validate(raw)
     except ValidationError as e:
         raise UserError(_format_errors(path, "suite", e, Suite)) from None
-    loaded = LoadedSuite(path=path, text=text, suite=suite)
+    code = code_folder.resolve(path, suite.code) if suite.code is not None else None
+    loaded = LoadedSuite(path=path, text=text, suite=suite, code=code)
     for profile in [None, *suite.profiles]:
         loaded.jobs(profile)
         loaded.search(profile)

@@ -12,9 +12,20 @@ from typing import Any
 
 import numpy as np
 
+from runner.errors import UserError
 from runner.store.layout import JobPaths, write_json
 from runner.train.data import Splits
-from schemas import ClassAccuracy, Environment, EpochRecord, JobSpec, RunResult, SpecFile, Timing, TrialInfo
+from schemas import (
+    ClassAccuracy,
+    Environment,
+    EpochRecord,
+    JobSpec,
+    RunResult,
+    SpecFile,
+    Substitution,
+    Timing,
+    TrialInfo,
+)
 
 # TensorBoard scalar tags, the same in every framework so runs overlay in one chart.
 TAGS: dict[str, str] = {
@@ -49,6 +60,8 @@ class TrainContext:
     data_seconds: float
     started: float = field(default_factory=time.perf_counter)
     log: Callable[[str], None] = log
+    # Substitutes the run itself had to use (the CPU for an unusable GPU), after the driver's declared ones.
+    substitutions: list[Substitution] = field(default_factory=list)
 
     @property
     def spec(self) -> JobSpec:
@@ -58,6 +71,49 @@ class TrainContext:
     def gpu_fraction(self) -> float:
         """Share of a GPU this job was given (1.0 when it has whole GPUs)."""
         return float(os.environ.get("GRIDRUN_GPU_FRACTION", "1") or 1)
+
+
+# The fix when a framework with CUDA finds no NVIDIA device.
+NO_DEVICE_FIX = (
+    "check that `nvidia-smi` lists the GPU on this machine (in a container, the NVIDIA Container Toolkit passes it "
+    "in); where Ray declares GPUs the machine does not have (`gridrun run --gpus` on a CPU machine), there is none "
+    "to use"
+)
+
+
+def announce(sub: Substitution, say: Callable[[str], None] = log) -> None:
+    """The log line of a substitute in use."""
+    say(f"SUBSTITUTE {sub.kind}: {sub.used} stands in for {sub.wanted} ({sub.reason})")
+
+
+def nvidia_devices() -> list[str]:
+    """The NVIDIA device files this process sees (/dev/nvidia0, ...): none without a driver, or in a
+    container that was given no GPU."""
+    return sorted(str(p) for p in Path("/dev").glob("nvidia[0-9]*"))
+
+
+def gpu_unusable(ctx: TrainContext, framework: str, cause: str, fix: str) -> None:
+    """The job reserved GPUs and `framework` can use none: a UserError with the cause and the fix, unless the
+    job declares resources.gpu_fallback: cpu, in which case the CPU stands in, announced and recorded."""
+    gpus = ctx.spec.resources.gpus
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = f"CUDA_VISIBLE_DEVICES={visible if visible is not None else '(unset)'}, device files: "
+    seen += ", ".join(nvidia_devices()) or "none"
+    if ctx.spec.resources.gpu_fallback == "cpu":
+        sub = Substitution(
+            kind="device",
+            wanted=f"{gpus:g} GPU(s)",
+            used="cpu",
+            reason=f"{framework} sees no GPU: {cause} ({seen}); resources.gpu_fallback: cpu",
+        )
+        ctx.substitutions.append(sub)
+        announce(sub, ctx.log)
+        return
+    raise UserError(
+        f"the job reserved {gpus:g} GPU(s) but {framework} on {socket.gethostname()} can use none: {cause} ({seen}). "
+        f"Fix: {fix}; or set resources.gpus: 0 to train on the CPU, or declare resources.gpu_fallback: cpu to train "
+        "there when no GPU is usable"
+    )
 
 
 @dataclass
@@ -188,7 +244,7 @@ def build_result(
         job=ctx.spec_file.job,
         spec_hash=ctx.spec_file.spec_hash,
         spec=ctx.spec,
-        substitutions=ctx.spec_file.substitutions,
+        substitutions=[*ctx.spec_file.substitutions, *ctx.substitutions],
         dataset_sizes=ctx.splits.sizes(),
         class_names=ctx.splits.class_names,
         epochs=history.epochs,

@@ -5,17 +5,19 @@ dataset is declared in schemas.registry (its loader, classes, what it downloads)
 """
 
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from runner.errors import UserError
 from runner.train.declared import load as load_declared
 from schemas import DatasetSpec
-from schemas.registry import DATASETS, Download
+from schemas.registry import DATASETS, Download, dataset_of
 
-# CIFAR-10's download, by name, for the prepare step (which fetches that archive itself).
+# CIFAR-10's download, by name, for tests that write its files.
 _CIFAR10: Download = DATASETS["cifar10"].download  # type: ignore[assignment]
 CIFAR10_URL, CIFAR10_MD5, CIFAR10_FOLDER, CIFAR10_FILES = _CIFAR10.url, _CIFAR10.md5, _CIFAR10.folder, _CIFAR10.files
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -44,20 +46,17 @@ class Splits:
 def download_root(spec: DatasetSpec, cache: Path) -> Path:
     """The folder that holds (or will hold) the folder a downloaded dataset extracts to: dataset.path
     (that folder itself, or the one holding it), else the dataset's folder in the cache."""
-    download = DATASETS[spec.name].download
+    download = dataset_of(spec.name).download
     if spec.path:
         root = Path(spec.path).expanduser()
         return root.parent if download is not None and root.name == download.folder else root
     return Path(cache) / "datasets" / spec.name
 
 
-cifar10_root = download_root  # the prepare step's name for it
-
-
 def input_files(spec: DatasetSpec, cache: Path) -> list[Path]:
     """The files a downloaded dataset is read from (none for one made in memory; a folder of the user's
     is a tree under its own path)."""
-    download = DATASETS[spec.name].download
+    download = dataset_of(spec.name).download
     if download is None:
         return []
     folder = download_root(spec, cache) / download.folder
@@ -66,12 +65,15 @@ def input_files(spec: DatasetSpec, cache: Path) -> list[Path]:
 
 def missing_files(spec: DatasetSpec, cache: Path) -> list[Path]:
     """Files the dataset needs that are not there (empty when it can be loaded offline)."""
-    declared = DATASETS[spec.name]
+    declared = dataset_of(spec.name)
     if declared.download is not None:
         return [p for p in input_files(spec, cache) if not p.is_file()]
     if declared.needs_path:
         root = Path(spec.path or "").expanduser()
         return [] if root.is_dir() else [root]
+    if declared.user and spec.path:  # what the user's function is given: a file or a folder
+        given = Path(spec.path).expanduser()
+        return [] if given.exists() else [given]
     return []
 
 
@@ -82,32 +84,60 @@ def class_folders(root: Path) -> list[str]:
 
 def load(spec: DatasetSpec, cache: Path) -> Splits:
     """Load and split the dataset the spec names, reading only local files."""
-    return load_declared(DATASETS[spec.name].loader)(spec, Path(cache))
+    return load_declared(dataset_of(spec.name).loader)(spec, Path(cache))
+
+
+def _pickles(spec: DatasetSpec, cache: Path) -> Callable[[str], dict[bytes, Any]]:
+    """A reader of the downloaded dataset's pickle files (CIFAR's layout), once they are all there."""
+    declared = dataset_of(spec.name)
+    assert declared.download is not None
+    folder = download_root(spec, cache) / declared.download.folder
+    missing = missing_files(spec, cache)
+    if missing:
+        raise UserError(
+            f"{declared.shown} is not at {folder} (missing {', '.join(p.name for p in missing)}). "
+            f"Fix: extract {declared.download.url} there, or let `gridrun run` download it on a machine with network."
+        )
+
+    def read(name: str) -> dict[bytes, Any]:
+        with open(folder / name, "rb") as f:
+            return pickle.load(f, encoding="bytes")
+
+    return read
+
+
+def _images(d: dict[bytes, Any]) -> np.ndarray:
+    """CIFAR's rows of 3072 bytes (R, G, B planes of 32 x 32) as uint8 (N, 32, 32, 3)."""
+    x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(x)
 
 
 def load_cifar10(spec: DatasetSpec, cache: Path) -> Splits:
     """CIFAR-10's pickle batches: the official test split is kept."""
-    missing = missing_files(spec, cache)
-    folder = download_root(spec, cache) / CIFAR10_FOLDER
-    if missing:
-        raise UserError(
-            f"CIFAR-10 is not at {folder} (missing {', '.join(p.name for p in missing)}). "
-            f"Fix: extract {CIFAR10_URL} there, or let `gridrun run` download it on a machine with network."
-        )
+    read = _pickles(spec, cache)
 
     def batch(name: str) -> tuple[np.ndarray, np.ndarray]:
-        with open(folder / name, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        return np.ascontiguousarray(x), np.asarray(d[b"labels"], dtype=np.int64)
+        d = read(name)
+        return _images(d), np.asarray(d[b"labels"], dtype=np.int64)
 
     parts = [batch(f"data_batch_{i}") for i in range(1, 6)]
     x = np.concatenate([p[0] for p in parts])
     y = np.concatenate([p[1] for p in parts])
     test_x, test_y = batch("test_batch")
-    with open(folder / "batches.meta", "rb") as f:
-        names = [n.decode() for n in pickle.load(f, encoding="bytes")[b"label_names"]]
-    return _split(spec, x, y, names, test=(test_x, test_y))
+    names = [n.decode() for n in read("batches.meta")[b"label_names"]]
+    return split(spec, x, y, names, test=(test_x, test_y))
+
+
+def load_cifar100(spec: DatasetSpec, cache: Path) -> Splits:
+    """CIFAR-100's train and test pickles, with its fine (100) or coarse (20) labels: the official test split is
+    kept."""
+    read = _pickles(spec, cache)
+    which = spec.labels or next(iter(spec.declared.label_sets))  # fine unless the spec says coarse
+    train, test = read("train"), read("test")
+    names = [n.decode() for n in read("meta")[f"{which}_label_names".encode()]]
+    key = f"{which}_labels".encode()
+    y, test_y = (np.asarray(d[key], dtype=np.int64) for d in (train, test))
+    return split(spec, _images(train), y, names, test=(_images(test), test_y))
 
 
 def load_digits(spec: DatasetSpec, cache: Path) -> Splits:
@@ -117,7 +147,7 @@ def load_digits(spec: DatasetSpec, cache: Path) -> Splits:
     d = sklearn.datasets.load_digits()
     # 8x8 grey levels 0..16 -> uint8 RGB; the trainer's resize upscales on the device.
     x = np.repeat((d.images * (255 / 16)).round().astype(np.uint8)[..., None], 3, axis=3)
-    return _split(spec, x, d.target.astype(np.int64), [str(n) for n in d.target_names])
+    return split(spec, x, d.target.astype(np.int64), [str(n) for n in d.target_names])
 
 
 def load_synthetic(spec: DatasetSpec, cache: Path) -> Splits:
@@ -128,7 +158,7 @@ def load_synthetic(spec: DatasetSpec, cache: Path) -> Splits:
     y = rng.integers(0, classes, size=spec.synthetic_size).astype(np.int64)
     noise = rng.normal(0, 64, size=(spec.synthetic_size, 32, 32, 3)).astype(np.float32)
     x = np.clip(templates[y] * 0.5 + 64 + noise, 0, 255).astype(np.uint8)
-    return _split(spec, x, y, [f"class_{i}" for i in range(classes)])
+    return split(spec, x, y, [f"class_{i}" for i in range(classes)])
 
 
 def load_imagefolder(spec: DatasetSpec, cache: Path) -> Splits:
@@ -155,10 +185,10 @@ def load_imagefolder(spec: DatasetSpec, cache: Path) -> Splits:
             f"imagefolder {root} has {len(classes)} class folders and {len(images)} images. "
             "Fix: give at least 2 class sub-folders and 10 images."
         )
-    return _split(spec, np.stack(images), np.asarray(labels, dtype=np.int64), classes)
+    return split(spec, np.stack(images), np.asarray(labels, dtype=np.int64), classes)
 
 
-def _split(
+def split(
     spec: DatasetSpec,
     x: np.ndarray,
     y: np.ndarray,

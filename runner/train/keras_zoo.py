@@ -1,4 +1,4 @@
-"""keras.applications' models for a TensorFlow job.
+"""keras.applications' models for a TensorFlow job, and the user's own (`user`).
 
 A zoo model is the library's own network, built with `include_top=True` and logits out
 (`classifier_activation=None`): with the dataset's classes when it starts from random weights; with
@@ -17,8 +17,9 @@ import keras
 import numpy as np
 
 from runner.errors import UserError
+from runner.train import usercode
 from schemas import ModelSpec
-from schemas.registry import model_ref
+from schemas.registry import model_ref, unknown_zoo_model
 
 IMAGENET_CLASSES = 1000
 # Layers without weights that may sit between the hidden dense layers and the final one.
@@ -32,7 +33,7 @@ class Built:
     model: keras.Model  # float images (B, size, size, 3) -> logits
     head: list[str]  # names of the layers that train under freeze_backbone
     hidden_width: int | None
-    preprocess: str  # "application": the application's preprocess_input on 0-255 RGB
+    preprocess: str  # "application": the application's preprocess_input on 0-255 RGB; "imagenet": ImageNet mean/std
     notes: list[str] = field(default_factory=list)
 
 
@@ -206,12 +207,27 @@ def build(spec: ModelSpec, classes: int, image_size: int, weights: Path | None) 
     return Built(model, head, hidden_width, "application", notes)
 
 
-def unknown_message(name: str) -> str:
-    import difflib
+def user(spec: ModelSpec, classes: int, image_size: int, weights: Path | None) -> Built:
+    """The user's own network: `function(num_classes, weights_path_or_None)` of the suite's code: folder, which
+    must return a keras.Model taking normalised float images (B, image_size, image_size, 3) (ImageNet's mean and
+    std, as the twins get) to logits (B, classes). It loads its weights file itself; what it leaves trainable
+    trains."""
+    arch, field = spec.arch, "model.arch"
+    model, note = usercode.model(
+        arch, classes, weights, keras.Model, "a keras.Model", "return keras.Model(inputs, logits)"
+    )
+    out = usercode.run(
+        field,
+        arch,
+        lambda: model(np.zeros((2, image_size, image_size, 3), np.float32), training=False),
+        f"calling it on 2 images of {image_size} px",
+    )
+    usercode.check_logits(out, classes, f"{field} {arch}")
+    return Built(model, [], None, "imagenet", [note])
 
-    close = difflib.get_close_matches(name, names(), n=3)
-    hint = f" (did you mean {', '.join(f'keras.{c}' for c in close)}?)" if close else ""
-    return f"keras.applications has no model {name!r}{hint}. Fix: `gridrun models --framework tensorflow` lists them"
+
+def unknown_message(name: str) -> str:
+    return unknown_zoo_model(model_ref(f"keras.{name}"), names())
 
 
 def freeze(model: keras.Model, head: list[str]) -> None:

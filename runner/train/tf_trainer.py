@@ -29,11 +29,14 @@ from runner.errors import UserError
 from runner.store.layout import atomic_path
 from runner.train import keras_zoo, tf_models
 from runner.train.common import (
+    NO_DEVICE_FIX,
     History,
     TrainContext,
     build_result,
     confusion_matrix,
     environment,
+    gpu_unusable,
+    nvidia_devices,
 )
 from runner.train.epochs import run_epochs
 from runner.train.weights import imagenet_source, weights_file, zoo_weights_missing
@@ -71,9 +74,11 @@ def _gpu_memory_mb(index: int) -> int | None:
         return None
 
 
-def configure_devices(fraction: float, log) -> tuple[str, str, bool]:
+def configure_devices(ctx: TrainContext) -> tuple[str, str, bool]:
     """Memory growth on every GPU, or a memory limit when the job has a share of one (so two jobs fit
-    on it); returns (device, device name, bf16 supported). Must run before TensorFlow touches a GPU."""
+    on it); returns (device, device name, bf16 supported). Must run before TensorFlow touches a GPU.
+    A job that reserved GPUs gets one, or the CPU only as its declared fallback."""
+    fraction, log = ctx.gpu_fraction, ctx.log
     gpus = tf.config.list_physical_devices("GPU")
     for i, gpu in enumerate(gpus):
         total = _gpu_memory_mb(i) if fraction < 1 else None
@@ -86,6 +91,8 @@ def configure_devices(fraction: float, log) -> tuple[str, str, bool]:
                 log(f"gpu {i}: total memory unknown (no nvidia-smi): memory growth instead of a {fraction:g} limit")
             tf.config.experimental.set_memory_growth(gpu, True)
     if not gpus:
+        if ctx.spec.resources.gpus > 0:
+            gpu_unusable(ctx, f"TensorFlow {tf.__version__}", *no_gpu_cause())
         try:
             with open("/proc/cpuinfo") as f:
                 model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
@@ -95,6 +102,22 @@ def configure_devices(fraction: float, log) -> tuple[str, str, bool]:
     details = tf.config.experimental.get_device_details(gpus[0])
     bf16 = tuple(details.get("compute_capability", (0, 0))) >= (8, 0)
     return "cuda", str(details.get("device_name", "GPU")), bf16
+
+
+def no_gpu_cause() -> tuple[str, str]:
+    """Why TensorFlow lists no GPU, and the fix."""
+    if not tf.test.is_built_with_cuda():
+        return "a build of TensorFlow without CUDA", (
+            "install TensorFlow with its CUDA libraries here (pip install 'tensorflow[and-cuda]' on Linux x86-64, "
+            "as gridrun's host extra does), or run the job in gridrun's tensorflow image (--executor docker)"
+        )
+    if nvidia_devices():
+        return "tf.config.list_physical_devices('GPU') is empty although NVIDIA devices are here", (
+            "install the CUDA libraries TensorFlow loads (pip install 'tensorflow[and-cuda]', as gridrun's host "
+            "extra does on Linux x86-64) and check that they suit the driver (`nvidia-smi`; TF_CPP_MIN_LOG_LEVEL=0 "
+            "shows which library failed to load)"
+        )
+    return "tf.config.list_physical_devices('GPU') is empty: no NVIDIA device here", NO_DEVICE_FIX
 
 
 # --- schedule and optimizer, in PyTorch's meaning ------------------------------------------------
@@ -327,7 +350,7 @@ class Run:
     def __init__(self, ctx: TrainContext) -> None:
         self.ctx = ctx
         spec = self.spec = ctx.spec
-        self.device, self.device_name, bf16_ok = configure_devices(ctx.gpu_fraction, ctx.log)
+        self.device, self.device_name, bf16_ok = configure_devices(ctx)
         # bf16 needs no loss scaling; only on a GPU that has it (on the CPU it is slower than fp32).
         self.bf16 = spec.train.mixed_precision and bf16_ok
         keras.mixed_precision.set_global_policy("mixed_bfloat16" if self.bf16 else "float32")
@@ -347,7 +370,10 @@ class Run:
             if spec.model.freeze_backbone:
                 tf_models.freeze_backbone(self.model)
         else:
-            zoo = keras_zoo.build(spec.model, s.num_classes, spec.dataset.image_size, weights)
+            own = model_ref(spec.model.arch).kind == "user"
+            zoo = (keras_zoo.user if own else keras_zoo.build)(
+                spec.model, s.num_classes, spec.dataset.image_size, weights
+            )
             for note in zoo.notes:
                 ctx.log(note)
             if spec.model.freeze_backbone:

@@ -19,6 +19,7 @@ from runner.train import torch_zoo
 from runner.train.weights import imagenet_source, weights_file, zoo_weights_missing
 from schemas import JobSpec, ModelSpec
 from schemas.registry import ARCHS as DECLARED
+from schemas.registry import model_ref
 
 # Width of the hidden classifier layers torchvision's alexnet and vgg16 are built with.
 TORCHVISION_WIDTH = 4096
@@ -86,12 +87,16 @@ def _set_classifier_width(model: nn.Module, spec: ModelSpec, normal_init: bool) 
 
 def make(spec: JobSpec, num_classes: int, cache: Path, log: Callable[[str], None]) -> "torch_zoo.Built":
     """Any model a torch job names, its initial weights loaded and, under freeze_backbone, only its head
-    trainable: a twin (built here), or a zoo or user model (runner.train.torch_zoo)."""
+    trainable: a twin (built here), or a zoo or user model (runner.train.torch_zoo); a user model's errors are
+    one message each (runner.train.usercode)."""
     if spec.model.twin:
         model = build(spec.model, num_classes)
         load_initial_weights(model, spec, cache, log)
         width = spec.model.classifier_width or DECLARED[spec.model.arch].default_width
         built = torch_zoo.Built(model, [head_name(spec.model.arch)], width)
+    elif model_ref(spec.model.arch).kind == "user":
+        built = torch_zoo.user(spec.model, num_classes, spec.dataset.image_size, weights_file(spec, cache))
+        log(built.notes[0])
     else:
         path = weights_file(spec, cache)
         if spec.model.weights == "imagenet" and path is not None and not path.is_file():

@@ -22,25 +22,45 @@ from runner.train import torch_models, torch_zoo
 from runner.train.common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    NO_DEVICE_FIX,
     History,
     TrainContext,
     build_result,
     confusion_matrix,
     environment,
+    gpu_unusable,
 )
 from runner.train.epochs import run_epochs
 from schemas import JobSpec, RunResult, TrainSpec
 
 
-def pick_device() -> torch.device:
-    """cuda > mps > cpu."""
+def pick_device(ctx: TrainContext) -> torch.device:
+    """cuda > mps > cpu; a job that reserved GPUs gets one, or the CPU only as its declared fallback."""
     if torch.cuda.is_available():
         # An explicit index: set_per_process_memory_fraction refuses a bare "cuda". The executor
         # makes the GPUs the scheduler assigned the only visible ones, so 0 is the first of them.
         return torch.device("cuda", 0)
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
+    if ctx.spec.resources.gpus > 0:
+        gpu_unusable(ctx, f"torch {torch.__version__}", *no_cuda_cause())
     return torch.device("cpu")
+
+
+def no_cuda_cause() -> tuple[str, str]:
+    """Why torch has no CUDA device, in torch's own words, and the fix."""
+    try:
+        torch.cuda.init()  # raises with the reason: no driver, no device visible, a build without CUDA
+        said = "torch.cuda.is_available() is false"
+    except (RuntimeError, AssertionError) as e:
+        # Its first sentence: "Found no NVIDIA driver on your system", "No CUDA GPUs are available", ...
+        said = str(e).strip().split(". ")[0].rstrip(".") or type(e).__name__
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return f"a CPU-only build of torch ({said})", (
+            "install a CUDA build of torch here (PyPI's Linux x86-64 wheels are one: pip install torch), "
+            "or run the job in gridrun's torch image (--executor docker)"
+        )
+    return f"CUDA {torch.version.cuda} build, {said}", NO_DEVICE_FIX
 
 
 def device_name(device: torch.device) -> str:
@@ -178,12 +198,15 @@ class Run:
     def __init__(self, ctx: TrainContext) -> None:
         self.ctx = ctx
         spec = self.spec = ctx.spec
-        self.device = pick_device()
+        self.device = pick_device(ctx)
         cuda = self.device.type == "cuda"
         if cuda:
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
             if ctx.gpu_fraction < 1:
                 torch.cuda.set_per_process_memory_fraction(ctx.gpu_fraction, self.device)
+                total = torch.cuda.get_device_properties(self.device).total_memory // 2**20
+                limit = int(total * ctx.gpu_fraction)
+                ctx.log(f"gpu 0: memory limited to {limit} MiB ({ctx.gpu_fraction:g} of {total} MiB)")
         # bf16 needs no loss scaling; autocast only on CUDA (CPU autocast is slower than fp32 here).
         self.bf16 = cuda and spec.train.mixed_precision and torch.cuda.is_bf16_supported()
 
@@ -323,6 +346,8 @@ class Run:
             f"{self.steps_per_epoch} steps/epoch"
         )
         test_preds = run_epochs(ctx, self.history, start, self.train_epoch, self.predict, self.save)
+        if self.device.type == "cuda":  # what a share of a GPU must hold: two jobs at gpus 0.5 need each below half
+            ctx.log(f"gpu 0: peak memory {torch.cuda.max_memory_reserved(self.device) // 2**20} MiB reserved")
         cm = confusion_matrix(ctx.splits.test_y, test_preds, ctx.splits.num_classes)
         env = environment(
             "torch",

@@ -1,4 +1,4 @@
-"""torchvision's and timm's models for a PyTorch job.
+"""torchvision's and timm's models for a PyTorch job, and the user's own (`user`).
 
 A zoo model is the library's own network: built as the library builds it (with the dataset's classes
 when it starts from random weights; with the library's classes, its ImageNet weights loaded, then a
@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from runner.errors import UserError
+from runner.train import usercode
 from schemas import ModelSpec
-from schemas.registry import ModelRef, model_ref
+from schemas.registry import ModelRef, model_ref, unknown_zoo_model
 
 IMAGENET_CLASSES = 1000
 # Built without their auxiliary classifiers: a training step wants one output (their weights load without them).
@@ -46,18 +47,32 @@ def names(prefix: str) -> list[str]:
     return sorted(timm.list_models())
 
 
+def timm_tagged() -> list[str]:
+    """timm's names with a pretrained tag (resnet50.a1_in1k): the weights timm can download."""
+    import timm
+
+    return sorted(timm.list_models(pretrained=True))
+
+
 def known(ref: ModelRef) -> bool:
-    if ref.zoo is not None and ref.zoo.prefix == "timm":
+    assert ref.zoo is not None
+    if ref.zoo.prefix == "timm":
         import timm
 
-        return timm.is_model(ref.name.split(".")[0])
-    return ref.name in names(ref.zoo.prefix)  # type: ignore[union-attr]
+        base, _, tag = ref.name.partition(".")
+        return timm.is_model(base) and (not tag or ref.name in timm_tagged())
+    return ref.name in names(ref.zoo.prefix)
 
 
-def _torchvision(name: str, classes: int) -> nn.Module:
+def _torchvision(name: str, classes: int, pretrained: bool = False) -> nn.Module:
     import torchvision
 
-    return torchvision.models.get_model(name, weights=None, num_classes=classes, **_NO_AUX.get(name, {}))
+    kwargs = dict(_NO_AUX.get(name, {}))
+    if pretrained and name in _NO_AUX:
+        # Their ImageNet weights were trained on inputs normalised another way; torchvision's own builders
+        # turn the conversion on whenever they load them.
+        kwargs["transform_input"] = True
+    return torchvision.models.get_model(name, weights=None, num_classes=classes, **kwargs)
 
 
 def _timm(name: str, classes: int | None) -> nn.Module:
@@ -162,7 +177,7 @@ def build(spec: ModelSpec, classes: int, weights: Path | None) -> Built:
     if weights is None:
         model = _timm(ref.name, classes) if timm else _torchvision(ref.name, classes)
     else:
-        model = _timm(ref.name, None) if timm else _torchvision(ref.name, IMAGENET_CLASSES)
+        model = _timm(ref.name, None) if timm else _torchvision(ref.name, IMAGENET_CLASSES, pretrained=True)
         loaded = load_state(model, weights, spec.arch)
         notes.append(f"weights: loaded {loaded} tensors from {weights}")
     final, layer = _final_layer(model)
@@ -191,15 +206,9 @@ def build(spec: ModelSpec, classes: int, weights: Path | None) -> Built:
 
 
 def unknown_message(ref: ModelRef) -> str:
-    import difflib
-
     assert ref.zoo is not None
-    close = difflib.get_close_matches(ref.name, names(ref.zoo.prefix), n=3)
-    hint = f" (did you mean {', '.join(f'{ref.zoo.prefix}.{c}' for c in close)}?)" if close else ""
-    return (
-        f"{ref.zoo.display} has no model {ref.name!r}{hint}. Fix: `gridrun models --filter {ref.name[:12]}` "
-        "lists the names"
-    )
+    tagged = timm_tagged() if ref.zoo.prefix == "timm" else ()
+    return unknown_zoo_model(ref, names(ref.zoo.prefix), tagged) or f"{ref.zoo.display} cannot build {ref.name!r}"
 
 
 def no_hidden_message(arch: str) -> str:
@@ -225,26 +234,62 @@ def train_mode(model: nn.Module, head: list[str], frozen: bool) -> None:
                 module.eval()
 
 
-def check_output(model: nn.Module, classes: int, image_size: int, what: str) -> None:
-    """A forward pass on meta tensors (no memory, no compute): the logits' shape at this image size."""
+def output_problem(model: nn.Module, classes: int, image_size: int, what: str) -> str:
+    """'' when a forward pass on meta tensors (no memory, no compute) gives logits of (2, classes) at this
+    image size, else the message with the fix."""
     model.eval()
     try:
         with torch.no_grad():
             out = model(torch.empty(2, 3, image_size, image_size, device="meta"))
     except NotImplementedError:
-        return  # an operator without a meta kernel: the first real batch will tell
+        return ""  # an operator without a meta kernel: the first real batch will tell
     except Exception as e:
         line = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
-        raise UserError(
+        return (
             f"{what} does not take images of {image_size} px ({type(e).__name__}: {line}). "
             "Fix: set dataset.image_size to a size the model takes (224 fits every ImageNet model)"
-        ) from None
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, classes):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise UserError(
-            f"{what} returns {shape} for a batch of 2 images, not logits of shape (2, {classes}). Fix: make the "
-            f"model end in a layer of num_classes outputs ({classes} here) and return its output alone"
         )
+    try:
+        usercode.check_logits(out, classes, what)
+    except UserError as e:
+        return str(e)
+    return ""
 
 
-__all__ = ["Built", "build", "check_output", "freeze", "names", "train_mode"]
+def check_output(model: nn.Module, classes: int, image_size: int, what: str) -> None:
+    """The logits' shape at this image size, checked on meta tensors; a UserError with the fix otherwise."""
+    problem = output_problem(model, classes, image_size, what)
+    if problem:
+        raise UserError(problem)
+
+
+def user(spec: ModelSpec, classes: int, image_size: int, weights: Path | None) -> Built:
+    """The user's own network: `function(num_classes, weights_path_or_None)` of the suite's code: folder, which
+    must return a torch.nn.Module taking normalised float images (B, 3, image_size, image_size) to logits
+    (B, classes). It loads its weights file itself; what it leaves trainable trains (no head of gridrun's)."""
+    arch, field = spec.arch, "model.arch"
+    model, note = usercode.model(arch, classes, weights, nn.Module, "a torch.nn.Module", "return MyNet(num_classes)")
+    device = next(model.parameters(), torch.empty(0)).device
+    model.eval()  # as evaluation runs it: BatchNorm statistics stay, dropout is off
+    with torch.no_grad():
+        out = usercode.run(
+            field,
+            arch,
+            lambda: model(torch.zeros(2, 3, image_size, image_size, device=device)),
+            f"its forward pass on 2 images of {image_size} px",
+        )
+    usercode.check_logits(out, classes, f"{field} {arch}")
+    return Built(model, [], None, notes=[note])
+
+
+__all__ = [
+    "Built",
+    "build",
+    "check_output",
+    "freeze",
+    "names",
+    "output_problem",
+    "timm_tagged",
+    "train_mode",
+    "user",
+]

@@ -41,12 +41,14 @@ _SAVE = {
 }
 
 
-def zoo_weights_missing(arch: str, path: Path) -> str:
-    """A zoo model's ImageNet weights are not in the cache: the message, with the file to provide."""
+def zoo_weights_missing(arch: str, path: Path, reason: str = "") -> str:
+    """A zoo model's ImageNet weights are not in the cache (and could not be downloaded, `reason`): the
+    message, with the file to provide."""
     ref = model_ref(arch)
     assert ref.zoo is not None
+    why = f" and could not be downloaded ({reason})" if reason else ""
     return (
-        f"ImageNet weights for {arch} are not at {path}. Fix: save the library's own weights there, on a machine "
+        f"ImageNet weights for {arch} are not at {path}{why}. Fix: save the library's own weights there, on a machine "
         f"with network: {_SAVE[ref.zoo.prefix].format(name=ref.name)}; "
         "or use weights: none"
     )

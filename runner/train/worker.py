@@ -15,10 +15,11 @@ from pathlib import Path
 
 from runner.errors import UserError
 from runner.store.layout import JobPaths, link_refusal, write_json
-from runner.train import data
+from runner.train import data, usercode
 from runner.train import frameworks as trainers
-from runner.train.common import TrainContext, log
+from runner.train.common import TrainContext, announce, log
 from runner.train.tbextras import write_run_extras
+from runner.train.usercode import CODE_ENV
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {paths.spec} is missing or invalid; the driver writes it before starting a run", flush=True)
         return 2
     spec = spec_file.spec
+    if spec_file.code:  # the executor put it on the import path as this process sees it (GRIDRUN_CODE)
+        usercode.use(Path(os.environ.get(CODE_ENV) or spec_file.code), shown=spec_file.code)
     for sub in spec_file.substitutions:
-        log(f"SUBSTITUTE {sub.kind}: {sub.used} stands in for {sub.wanted} ({sub.reason})")
+        announce(sub)
     try:
         log(
             f"job {spec_file.suite}/{spec_file.job}: {spec.framework} {spec.model.arch} "
