@@ -22,6 +22,13 @@ class Stopped(KeyboardInterrupt):
 _stopped_by: int | None = None
 
 
+def note_stop(signum: int) -> None:
+    """Remember `signum` as the signal stopping this process, where it is not raised as Stopped (a search hands
+    SIGTERM to Ray Tune as the SIGINT Tune stops on)."""
+    global _stopped_by
+    _stopped_by = signum
+
+
 def stop_signal() -> int:
     """The signal that is stopping this process: SIGTERM or SIGHUP when one came, else SIGINT (Ctrl-C)."""
     import signal

@@ -14,14 +14,16 @@ from schemas.job import (
     TrainSpec,
 )
 from schemas.result import ClassAccuracy, Environment, EpochRecord, RunResult, Substitution, Timing
-from schemas.run import Identity, SpecFile
-from schemas.status import JobState, Owner, RunStatus
+from schemas.run import Identity, SpecFile, TrialInfo
+from schemas.search import SearchSpec
+from schemas.status import EarlyStop, JobState, Owner, RunStatus
 from schemas.suite import MatrixSpec, Suite
 
 __all__ = [
     "AugmentSpec",
     "ClassAccuracy",
     "DatasetSpec",
+    "EarlyStop",
     "Environment",
     "EpochRecord",
     "Identity",
@@ -35,9 +37,11 @@ __all__ = [
     "RunResult",
     "RunStatus",
     "ScheduleSpec",
+    "SearchSpec",
     "SpecFile",
     "Substitution",
     "Suite",
     "Timing",
     "TrainSpec",
+    "TrialInfo",
 ]

@@ -81,10 +81,10 @@ class Problems:
         self.title = type(model).__name__
         self.errors: list[InitErrorDetails] = []
 
-    def add(self, where: str, message: str, value: Any) -> None:
-        self.errors.append(
-            InitErrorDetails(type=PydanticCustomError("value_error", message), loc=tuple(where.split(".")), input=value)
-        )
+    def add(self, where: str | tuple[str, ...], message: str, value: Any) -> None:
+        """An error at `where`: a dotted path ("model.weights"), or its parts when a part holds dots of its own."""
+        loc = tuple(where.split(".")) if isinstance(where, str) else where
+        self.errors.append(InitErrorDetails(type=PydanticCustomError("value_error", message), loc=loc, input=value))
 
     def raise_any(self) -> None:
         if self.errors:

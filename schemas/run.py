@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from typing import Any
 
 from pydantic import Field
 
@@ -35,6 +36,14 @@ class Identity(Strict):
         return hashlib.sha256(parts.encode()).hexdigest()[:16]
 
 
+class TrialInfo(Strict):
+    """What makes a job a trial of a search: the search, its number, and the values drawn for it."""
+
+    search: str = Field(description="The search's name (its folder under the suite's).")
+    number: int = Field(ge=1, description="The trial's number in its search, from 1.")
+    values: dict[str, Any] = Field(description="Dotted job field -> the value drawn for this trial.")
+
+
 class SpecFile(Strict):
     """What the driver hands the worker, and what a re-run compares against."""
 
@@ -55,3 +64,4 @@ class SpecFile(Strict):
     identity: Identity | None = Field(
         None, description="The parts of `spec_hash`; absent in spec.json files written before they were kept."
     )
+    trial: TrialInfo | None = Field(None, description="For a trial of a search: the search and the values drawn.")

@@ -29,6 +29,7 @@ class JobState(StrEnum):
     SKIPPED = "skipped"
     CANCELLED = "cancelled"
     INTERRUPTED = "interrupted"  # its driver died (SIGKILL, out of memory, a lost machine) while it ran
+    STOPPED = "stopped"  # a search's scheduler (ASHA) stopped the trial early: a result of the search, not a failure
 
     @property
     def final(self) -> bool:
@@ -49,10 +50,24 @@ class Owner(Strict):
         return f"pid {self.pid} on {self.host}, run {self.run_id}, since {self.since:%Y-%m-%d %H:%M:%S} UTC"
 
 
+class EarlyStop(Strict):
+    """Where a search's scheduler stopped a trial, and on what."""
+
+    scheduler: str = Field(description="The scheduler that stopped it (asha).")
+    rung: int = Field(ge=1, description="The rung it was stopped at, from 1 (the epochs at which trials compare).")
+    epoch: int = Field(ge=1, description="The last epoch it reported.")
+    epochs: int = Field(ge=1, description="The epochs it would have run to the end.")
+    metric: str = Field(description="The metric compared, e.g. val_accuracy.")
+    value: float | None = Field(None, description="Its value of the metric at that epoch.")
+    best: float | None = Field(None, description="The best value any trial had reached at that rung by then.")
+
+
 class RunStatus(Strict):
     """status.json: the run's state, with why it ended so."""
 
-    state: JobState = Field(description="queued, running, succeeded, failed, skipped, cancelled or interrupted.")
+    state: JobState = Field(
+        description="queued, running, succeeded, failed, skipped, cancelled, interrupted, or stopped early by a search."
+    )
     spec_hash: str = Field(description="Hash of the resolved spec this status belongs to.")
     attempts: int = Field(0, ge=0, description="How many times the run was started.")
     exit_code: int | None = Field(None, description="Exit code of the worker, when it ended.")
@@ -65,6 +80,7 @@ class RunStatus(Strict):
     started_at: datetime | None = Field(None, description="When the run started (UTC).")
     finished_at: datetime | None = Field(None, description="When the run ended (UTC).")
     owner: Owner | None = Field(None, description="The driver that queued this run (a run id, host and pid).")
+    early_stop: EarlyStop | None = Field(None, description="A stopped trial: the rung, epoch and metric it stopped at.")
 
     @field_validator("reason")
     @classmethod

@@ -1,4 +1,4 @@
-"""A suite file: defaults, profiles, jobs and an optional matrix.
+"""A suite file: defaults, profiles, jobs, an optional matrix and an optional search.
 
 Jobs, defaults and profiles are partial job specs (plain mappings); they are merged and then
 validated as JobSpec by runner.suite, which knows where each value came from.
@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from schemas.base import PlainText, SafeName, Strict, excerpt
+from schemas.search import SearchSpec
 
 # Jobs one suite may hold, its list and its matrix together: the matrix is counted before it is expanded.
 MAX_JOBS = 10_000
@@ -83,11 +84,14 @@ class Suite(Strict):
     )
     jobs: list[dict[str, Any]] = Field(default_factory=list, description="Jobs, each a partial job spec.")
     matrix: MatrixSpec | None = Field(None, description="Optional cartesian expansion into more jobs.")
+    search: SearchSpec | None = Field(
+        None, description="Optional search with Ray Tune: trials drawn from a space of job fields, early stopping."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> "Suite":
-        if not self.jobs and self.matrix is None:
-            raise ValueError("the suite has no jobs: add a 'jobs' list or a 'matrix'")
+        if not self.jobs and self.matrix is None and self.search is None:
+            raise ValueError("the suite has no jobs: add a 'jobs' list, a 'matrix' or a 'search'")
         if self.cpu_profile is not None and self.cpu_profile not in self.profiles:
             raise ValueError(
                 f"cpu_profile {excerpt(self.cpu_profile)} is not among the profiles "

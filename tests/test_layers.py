@@ -96,7 +96,8 @@ def test_driver_side_imports_no_framework_and_no_ray_in_the_worker() -> None:
     """Planning and scheduling import no framework; the worker imports neither Ray nor Docker."""
     code = (
         "import sys\n"
-        "import runner.cli, runner.schedule.driver, runner.plan, runner.prepare, runner.report\n"
+        "import runner.cli, runner.schedule.driver, runner.schedule.search, runner.plan, runner.prepare\n"
+        "import runner.report\n"
         f"bad = [m for m in {FRAMEWORKS!r} if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

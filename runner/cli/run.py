@@ -15,8 +15,9 @@ from runner.cli.app import app, console, err
 from runner.errors import UserError
 from runner.execute import reaper
 from runner.plan import PlannedJob, check_links, disk, make_plan, models, plan_table
+from runner.plan.search import PlannedSearch, plan_search, search_table
 from runner.prepare import Cache, Preparer, build_images, default_cache, inputs
-from runner.report.live import LiveView
+from runner.report.live import LiveView, SearchView
 from runner.schedule import cluster as ray_cluster
 from runner.store import BAD_FILE_FIX, JobStore, ResultsStore, SuiteLock, SuiteStore, locate
 from runner.store.lock import me
@@ -113,6 +114,18 @@ def _shared_or_refuse(cluster: ray_cluster.Cluster, what: str, path: Path, fix: 
 
 
 @dataclass(frozen=True)
+class Planned:
+    """What a plan decided: the suite's jobs, and its search if it has one."""
+
+    loaded: LoadedSuite
+    profile: str | None
+    jobs: list[PlannedJob]
+    search: PlannedSearch | None
+    store: ResultsStore
+    cache: Cache
+
+
+@dataclass(frozen=True)
 class Opened:
     """What a plan or a run checked before Ray starts: the suite, the results store and the cache."""
 
@@ -163,7 +176,7 @@ def _prepare_plan(
     download: bool,
     insecure: bool = False,
     lock: SuiteLock | None = None,
-) -> tuple[LoadedSuite, str | None, list[PlannedJob], ResultsStore, Cache]:
+) -> Planned:
     """Reach the cluster, prepare (a run) or preview (a plan), and plan."""
     loaded, store, inputs_cache = opened.loaded, opened.store, opened.cache
     suite_store = store.suite(loaded.name)
@@ -186,7 +199,8 @@ def _prepare_plan(
             "or a path that every node mounts (NFS).",
         )
     chosen = _pick_profile(loaded, profile, cluster.gpus)
-    specs = loaded.jobs(chosen)
+    resolved = loaded.search(chosen)
+    specs = loaded.jobs(chosen) + ([resolved.base] if resolved is not None else [])
     if inputs_cache.remote is None and any(inputs.reads_cache(s, inputs_cache.local) for s in specs):
         _shared_or_refuse(
             cluster,
@@ -201,6 +215,10 @@ def _prepare_plan(
         inputs_cache.publish(prepared, say=say)
         build_images(prepared, executor, say=say)
     counts = models.counts([p.spec for p in prepared], opened.catalog)
+    searched = None
+    if resolved is not None:  # its base, prepared last, is the search's, not a job of the plan
+        base = prepared.pop()
+        searched = plan_search(loaded, resolved, base, cluster.nodes, store, executor, force, say=say)
     plan = make_plan(loaded, prepared, cluster.nodes, store, executor, force, say=say, counts=counts)
     for p in plan:
         if p.executor.name == "process" and p.requested_executor == "auto":
@@ -208,11 +226,23 @@ def _prepare_plan(
                 f"[yellow]SUBSTITUTE job {p.spec.name}: process executor stands in for docker ({p.executor.reason})[/]",
                 highlight=False,
             )
-    console.print(plan_table(plan, f"plan of {loaded.name}" + (f" (profile {chosen})" if chosen else "")))
-    line, short = disk.check([p.spec for p in plan if p.action == "run"], store.local, counts)
+    if plan:
+        console.print(plan_table(plan, f"plan of {loaded.name}" + (f" (profile {chosen})" if chosen else "")))
+    if searched is not None:
+        console.print(search_table(searched))
+    specs_to_run = [p.spec for p in plan if p.action == "run"] + _trial_specs(searched)
+    line, short = disk.check(specs_to_run, store.local, counts)
     if line:
         console.print(f"[bold yellow]{line}[/]" if short else line, highlight=False)
-    return loaded, chosen, plan, store, inputs_cache
+    return Planned(loaded, chosen, plan, searched, store, inputs_cache)
+
+
+def _trial_specs(searched: PlannedSearch | None) -> list[JobSpec]:
+    """What the search's trials still to run will write, each sized as its base: for the disk check."""
+    if searched is None or searched.action not in ("new", "resume"):
+        return []
+    left = searched.resolved.spec.trials - (searched.finished if searched.action == "resume" else 0)
+    return [searched.prepared.spec] * left
 
 
 @app.command()
@@ -224,7 +254,11 @@ def validate(suites: Annotated[list[Path], typer.Argument(help="Suite files.")])
         loaded = load_suite(path)
         models.check(loaded, catalog)
         profiles = ", ".join(loaded.suite.profiles) or "none"
-        console.print(f"[green]ok[/] {path}: suite {loaded.name!r}, {len(loaded.jobs())} job(s), profiles: {profiles}")
+        search = loaded.suite.search
+        trials = f", search {search.name!r} of {search.trials} trial(s)" if search is not None else ""
+        console.print(
+            f"[green]ok[/] {path}: suite {loaded.name!r}, {len(loaded.jobs())} job(s){trials}, profiles: {profiles}"
+        )
 
 
 @app.command()
@@ -270,20 +304,28 @@ def run(
     owner = me(uuid.uuid4().hex[:12])
     lock = _take(opened, owner, wait)
     try:
-        loaded, chosen, planned, store, inputs_cache = _prepare_plan(
+        planned = _prepare_plan(
             opened, profile, executor, address, gpus, cpus, force, download=True, insecure=insecure, lock=lock
         )
+        loaded, chosen, store, inputs_cache = planned.loaded, planned.profile, planned.store, planned.cache
         # Imports ray: only once the cluster is up, since Ray reads how to start the embedded one when imported.
         from runner.schedule.driver import Driver
 
-        if any(p.executor.name == "docker" for p in planned):
+        searched = planned.search
+        if any(p.executor.name == "docker" for p in planned.jobs) or (searched and searched.executor.name == "docker"):
             from runner.execute.docker import cleanup_stale
 
             removed = cleanup_stale()
             if removed:
                 console.print(f"removed {removed} container(s) left by an earlier crashed run")
         driver = Driver(loaded.name, loaded.text, chosen, store, inputs_cache, LiveView(console), owner)
-        finals = driver.run(planned)
+        finals = driver.run(planned.jobs)
+        searches = None
+        if searched is not None and driver.lost is None:
+            from runner.schedule.search import SearchDriver
+
+            view = SearchView(console)
+            searches = SearchDriver(loaded.name, store, inputs_cache, view, owner, chosen).run(searched)
     except BaseException:
         lock.release()
         raise
@@ -291,17 +333,22 @@ def run(
         ray_cluster.shutdown()
     suite_store = store.suite(loaded.name)
     with lock:
-        _write_summary(suite_store, loaded, chosen, planned, finals)
+        _write_summary(suite_store, loaded, chosen, planned.jobs, finals, searched)
         if report:
             _report(suite_store)
-    console.print(status_table(suite_store.jobs()))
+    console.print(status_table(suite_store.runs()))
     if driver.lost is not None:  # one message: what happened, what is in the results, how to go on
         raise driver.lost
     failed = [n for n, s in finals.items() if s.state not in (JobState.SUCCEEDED, JobState.SKIPPED)]
+    failed += searches.failed if searches is not None else []
+    total = len(finals) + (len(searches.trials) if searches is not None else 0)
+    if searches is not None:
+        best = f"; best {searches.best} ({searched.resolved.spec.metric.name} {searches.best_value:.4g})"
+        console.print(f"search {searched.name}: {len(searches.trials)} trial(s){best if searches.best else ''}")
     if failed:
-        err.print(f"[red]{len(failed)} of {len(finals)} job(s) did not succeed:[/] {', '.join(failed)}")
+        err.print(f"[red]{len(failed)} of {total} job(s) did not succeed:[/] {', '.join(failed)}")
         raise typer.Exit(1)
-    console.print(f"[green]all {len(finals)} job(s) done[/]; results in {suite_store.url}")
+    console.print(f"[green]all {total} job(s) done[/]; results in {suite_store.url}")
 
 
 def _take(opened: Opened, owner: Owner, wait: bool) -> SuiteLock:
@@ -345,6 +392,7 @@ def _write_summary(
     profile: str | None,
     planned: list[PlannedJob],
     finals: dict[str, RunStatus],
+    searched: PlannedSearch | None = None,
 ) -> None:
     jobs = []
     for p in planned:
@@ -363,7 +411,12 @@ def _write_summary(
                 "wall_seconds": result.timing.total_seconds if result else None,
             }
         )
-    suite.write_summary({"suite": loaded.name, "profile": profile, "source": str(loaded.path), "jobs": jobs})
+    summary: dict[str, Any] = {"suite": loaded.name, "profile": profile, "source": str(loaded.path), "jobs": jobs}
+    if searched is not None:
+        from runner.report.search import search_summary
+
+        summary["search"] = search_summary(searched.store)
+    suite.write_summary(summary)
 
 
 def status_table(jobs: list[JobStore]) -> Table:
@@ -385,7 +438,7 @@ def status_table(jobs: list[JobStore]) -> Table:
         done = len(result.epochs) if result else progress.get("epoch", 0)
         total = result.spec.train.epochs if result else progress.get("epochs", "?")
         table.add_row(
-            f"{job.suite}/{job.name}",
+            f"{job.suite}/{job.label}",
             state,
             str(status.attempts) if status else "",
             f"{done}/{total}",

@@ -3,6 +3,7 @@
 import os
 import signal
 import socket
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,12 @@ class Launch:
     spec_file: SpecFile
     run_id: str
     gpu_ids: list[str] = field(default_factory=list)
+    # Set from outside (a search's scheduler stopping a trial early): the executor ends the worker at once.
+    stop: threading.Event | None = None
+
+    @property
+    def stop_asked(self) -> bool:
+        return self.stop is not None and self.stop.is_set()
 
     @property
     def gpu_fraction(self) -> float:
@@ -42,6 +49,12 @@ class Outcome:
     reason: str = ""
     # Ended from outside (a signal, a timeout): the last line of its log is not why, and is not shown as the error.
     stopped: bool = False
+
+
+def stopped_on_request(launch: Launch) -> Outcome:
+    """How a worker ended when `launch.stop` was set: by its search, at the epoch it had reached."""
+    where = epoch_reached(launch.paths, launch.spec_file.spec.train.epochs)
+    return Outcome(143, f"stopped by its search's scheduler {where}", stopped=True)
 
 
 # Signals that end a process from outside; any other (SIGSEGV, SIGABRT, SIGBUS, ...) is a crash of its own.
@@ -117,6 +130,6 @@ class Executor(ABC):
     def run(self, launch: Launch) -> Outcome:
         """Start the worker, stream its output into log.txt, wait, and return how it ended.
 
-        On KeyboardInterrupt (Ray's cancel) or a timeout, stop the worker and everything it
+        On KeyboardInterrupt (Ray's cancel), a timeout or `launch.stop`, stop the worker and everything it
         started, then re-raise or return a failed Outcome.
         """

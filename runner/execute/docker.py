@@ -27,6 +27,7 @@ from runner.execute.base import (
     code_problem,
     epoch_reached,
     signal_reason,
+    stopped_on_request,
     worker_command,
     worker_env,
 )
@@ -330,6 +331,10 @@ class DockerExecutor(Executor):
                 except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as e:
                     if "timed out" not in str(e).lower():
                         return Outcome(1, f"lost the Docker daemon while waiting for {container.name}: {e}")
+                if launch.stop_asked:
+                    _stop(container)
+                    streamer.join(10)
+                    return stopped_on_request(launch)
                 if deadline is not None and time.monotonic() > deadline:
                     _stop(container)
                     streamer.join(10)

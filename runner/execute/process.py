@@ -16,6 +16,7 @@ from runner.execute.base import (
     code_problem,
     epoch_reached,
     signal_reason,
+    stopped_on_request,
     worker_command,
     worker_env,
 )
@@ -85,6 +86,9 @@ class ProcessExecutor(Executor):
                 # Short waits: Ray's cancel raises KeyboardInterrupt only once this thread runs Python again,
                 # which a plain wait() would not do before the worker ends.
                 while (code := _wait(proc, POLL_S)) is None:
+                    if launch.stop_asked:
+                        _kill_group(proc)
+                        return stopped_on_request(launch)
                     if deadline is not None and time.monotonic() > deadline:
                         _kill_group(proc)
                         minutes = f"{launch.timeout_s / 60:g}"

@@ -18,8 +18,9 @@ from runner.report.document import Document, Figure, Section
 from runner.report.plots import Plotter
 from runner.report.render import html_page, markdown, to_console
 from runner.report.runs import Run, collect, load_suite
+from runner.report.search import SearchRuns, read_searches, search_section
 from runner.report.tables import Label
-from runner.store import SuiteStore
+from runner.store import ResultsStore, SuiteStore
 
 __all__ = ["REPORT_HTML", "REPORT_MD", "Run", "build_document", "compare", "to_console", "write_report"]
 
@@ -29,12 +30,21 @@ PLOTS = "plots"
 
 
 def build_document(
-    runs: list[Run], title: str, label: Label, plotter: Plotter | None, base: Path | None, intro: list[str] = ()
+    runs: list[Run],
+    title: str,
+    label: Label,
+    plotter: Plotter | None,
+    base: Path | None,
+    intro: list[str] = (),
+    searches: list[SearchRuns] = (),
 ) -> Document:
-    """Every table, the conclusion and (with a plotter) every plot of a set of runs."""
+    """Every table, the conclusion and (with a plotter) every plot of a set of runs, and a section per search."""
     finished = [(label(r), r.result) for r in runs if r.result is not None]
     states = Counter(r.state for r in runs)
     lead = f"{len(runs)} runs: " + ", ".join(f"{n} {state}" for state, n in states.most_common()) + "."
+    trials = sum(len(s.trials) for s in searches)
+    if searches:
+        lead += f" {len(searches)} search(es) of {trials} trial(s), in their own section."
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     doc = Document(title, [*intro, f"{lead} Generated {stamp} by gridrun."], [])
 
@@ -42,6 +52,12 @@ def build_document(
         present = [b for b in blocks if b is not None]
         if present:
             doc.sections.append(Section(title, present))  # type: ignore[arg-type]
+
+    if searches and not runs:  # a suite of a search alone: the job sections would hold nothing
+        doc.sections += [search_section(search, plotter) for search in searches]
+        if plotter is not None:
+            plotter.finish()
+        return doc
 
     add("Conclusion", *tables.conclusion(runs, label))
     add("Summary", tables.summary_table(runs, label))
@@ -80,6 +96,7 @@ def build_document(
     unreadable = tables.unreadable_table(runs, label)
     if unreadable.rows:
         add("Unreadable files", unreadable)
+    doc.sections += [search_section(search, plotter) for search in searches]
     if plotter is not None:
         plotter.finish()
     return doc
@@ -121,10 +138,11 @@ def write_report(suite_dir: Path) -> list[Path]:
     """Write report.md, report.html and plots/*.png into a suite's results folder; return the paths written."""
     suite_dir = Path(suite_dir)
     runs = load_suite(suite_dir)
+    suite = ResultsStore.open(suite_dir).as_suite()
+    searches = read_searches(suite) if suite is not None else []
     plotter = Plotter(suite_dir / PLOTS)
-    doc = build_document(
-        runs, f"gridrun report: {suite_dir.name}", lambda r: r.job, plotter, suite_dir, _suite_description(suite_dir)
-    )
+    title = f"gridrun report: {suite_dir.name}"
+    doc = build_document(runs, title, lambda r: r.job, plotter, suite_dir, _suite_description(suite_dir), searches)
     md, page = suite_dir / REPORT_MD, suite_dir / REPORT_HTML
     _write_text(md, markdown(doc, suite_dir))
     _write_text(page, html_page(doc))

@@ -24,7 +24,7 @@ from schemas import RunResult
 from schemas.registry import FRAMEWORKS
 
 # Bump when the look of the plots changes, so cached files are drawn again.
-STYLE_VERSION = 2
+STYLE_VERSION = 3
 DPI = 80
 CACHE_FILE = ".cache.json"
 # Below this many plots to draw, starting worker processes (about a second each) does not pay;
@@ -32,6 +32,10 @@ CACHE_FILE = ".cache.json"
 POOL_MIN_PLOTS = 40
 POOL_MAX_WORKERS = 8
 COLORS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#2ca02c"}
+# A parallel-coordinates axis: its label and its ticks, (position in [0, 1], text); a trial's line: its position on
+# each axis, its metric's value, and whether it was stopped early.
+Axis = tuple[str, list[tuple[float, str]]]
+Line = tuple[list[float], float, bool]
 
 
 def slug(label: str) -> str:
@@ -96,13 +100,23 @@ class Plotter:
         name = f"curves-{slug(label)}.png"
         return self._plot(name, f"{label}: accuracy per epoch", draw_curves, label, epochs, series, result.best_epoch)
 
-    def overlay(self, runs: list[tuple[str, RunResult]]) -> Figure:
+    def overlay(
+        self,
+        runs: list[tuple[str, RunResult]],
+        name: str = "overlay.png",
+        caption: str = "All runs: validation and test accuracy per epoch",
+    ) -> Figure:
         """Validation and test accuracy per epoch of every run, on one pair of axes."""
         data = [
-            (name, [e.epoch for e in r.epochs], [e.val_accuracy for e in r.epochs], [e.test_accuracy for e in r.epochs])
-            for name, r in runs
+            (run, [e.epoch for e in r.epochs], [e.val_accuracy for e in r.epochs], [e.test_accuracy for e in r.epochs])
+            for run, r in runs
         ]
-        return self._plot("overlay.png", "All runs: validation and test accuracy per epoch", draw_overlay, data)
+        return self._plot(name, caption, draw_overlay, data)
+
+    def parallel(self, search: str, axes: list[Axis], lines: list[Line], metric: str) -> Figure:
+        """A search's parallel coordinates: one line per trial across its varied values, coloured by its metric."""
+        caption = f"Search {search}: each trial's values and its {metric} (dashed: stopped early)"
+        return self._plot(f"search-{slug(search)}-parallel.png", caption, draw_parallel, axes, lines, metric)
 
     def confusion(self, label: str, result: RunResult) -> Figure:
         """Confusion matrix heatmap: colour is the share of each true class, text the count."""
@@ -169,6 +183,33 @@ def _epoch_axis(ax: Any, epochs: list[int]) -> None:
 
 
 # Drawing functions: module level and plain inputs, so a worker process can run them.
+
+
+def draw_parallel(axes: list[Axis], lines: list[Line], metric: str) -> Any:
+    import matplotlib
+
+    fig = _new_figure(figsize=(max(6, 2.2 * len(axes)), 4.2))
+    ax = fig.add_subplot()
+    values = [m for _, m, _ in lines]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    cmap, span = matplotlib.colormaps["viridis"], (high - low) or 1.0
+    xs = list(range(len(axes)))
+    for ys, value, stopped in sorted(lines, key=lambda line: line[1]):  # the best drawn last, on top
+        ax.plot(xs, ys, color=cmap((value - low) / span), lw=1.6, ls="--" if stopped else "-", alpha=0.85)
+    for x, (_, ticks) in enumerate(axes):
+        ax.axvline(x, color="0.3", lw=0.8)
+        for pos, text in ticks:
+            ax.annotate(text, (x, pos), fontsize=7, xytext=(3, 0), textcoords="offset points", va="center")
+    ax.set_xticks(xs, [label for label, _ in axes], fontsize=8)
+    ax.set_yticks([])
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlim(-0.1, len(axes) - 0.6)
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    mappable = matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(low, high), cmap=cmap)
+    fig.colorbar(mappable, ax=ax, label=metric, fraction=0.04, pad=0.02)
+    fig.subplots_adjust(left=0.04, right=0.9, top=0.95, bottom=0.1)
+    return fig
 
 
 def draw_curves(label: str, epochs: list[int], series: dict[str, list[float]], best_epoch: int) -> Any:

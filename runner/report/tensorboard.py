@@ -29,9 +29,9 @@ REFRESH_SECONDS = 5
 
 
 def job_logdirs(where: Path | str) -> dict[str, JobStore]:
-    """'<suite>/<job>' -> the job's folder, for a results tree, one suite's folder or one job's folder."""
+    """'<suite>/<job>' (a trial: '<suite>/<search>/<trial>') -> its folder, in a results tree, a suite or a job."""
     _, jobs = locate(where)
-    return {f"{job.suite}/{job.name}": job for job in jobs}
+    return {f"{job.suite}/{job.label}": job for job in jobs}
 
 
 class LogdirView:

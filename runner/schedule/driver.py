@@ -14,6 +14,7 @@ import re
 import shutil
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ import ray
 from runner import __version__
 from runner import execute as executors
 from runner.errors import UserError, stop_name
-from runner.execute import Launch
+from runner.execute import Launch, Outcome
 from runner.plan import PlannedJob
 from runner.prepare import Cache, inputs
 from runner.schedule import cluster as ray_cluster
@@ -79,6 +80,7 @@ class Request:
     spec_json: str
     status_json: str  # status.json as queued
     wanted: list[inputs.Input] = field(default_factory=list)  # inputs to fetch: only with a cache URL
+    search: str = ""  # the search whose trial this is; '' for a job of the suite
 
 
 def _last_error(log: Path) -> str:
@@ -118,6 +120,83 @@ def _node_cache(req: Request) -> Path:
     return inputs.fetch(Storage.open(req.cache), req.wanted, inputs.node_cache(req.cache))
 
 
+class Attempt:
+    """One attempt of one job on the node that runs it: its folder in the store (or a working copy whose files
+    reach the store as they are written), its status running, its executor; used by a job's Ray task and by a
+    search's trial alike."""
+
+    def __init__(self, req: Request) -> None:
+        self.req = req
+        suite = ResultsStore.open(req.results, check=False).suite(req.suite)
+        self.job = suite.search(req.search).trial(req.job) if req.search else suite.job(req.job)
+        self.spec_file = SpecFile.model_validate_json(req.spec_json)
+        ctx = ray.get_runtime_context()
+        self.gpu_ids = [str(i) for i in ctx.get_accelerator_ids().get("GPU", [])]
+        self.node_id = ctx.get_node_id()
+        self.work: Path | None = None
+        self.paths: JobPaths | None = None
+        self.cache: Path | None = None
+        self.syncer = None
+
+    def open(self) -> dict | None:
+        """Make the job's folder ready and mark it running; an outcome when it cannot run at all."""
+        req, job = self.req, self.job
+        try:
+            self.cache = _node_cache(req)
+        except UserError as e:
+            return {"exit_code": USER_ERROR_EXIT, "reason": str(e), "node_id": self.node_id}
+        # Checked again where the job runs: a link made after the plan must not let its executor write outside.
+        linked = job.link_problem()
+        if linked:
+            return {"exit_code": USER_ERROR_EXIT, "reason": linked, "node_id": self.node_id}
+        self.paths = job.local
+        if self.paths is None:  # object storage: a working folder here, copied into the store as it changes
+            # One folder per attempt, removed whole at its end; the job folder keeps the job's own name.
+            self.work = node_dir() / "work" / f"{req.run_id}-{job.label.replace('/', '-')}-{req.attempt}"
+            self.work = self.work / req.suite / req.job
+            self.paths = job.working_copy(self.work)
+            self.paths.spec.write_text(req.spec_json)
+        previous = RunStatus.model_validate_json(req.status_json)
+        job.write_status(
+            RunStatus(
+                state=JobState.RUNNING,
+                spec_hash=self.spec_file.spec_hash,
+                attempts=previous.attempts + 1,
+                executor=req.executor,
+                node=socket.gethostname(),
+                gpu_ids=self.gpu_ids,
+                queued_at=previous.queued_at,
+                started_at=now(),
+                owner=previous.owner,
+            )
+        )
+        self.syncer = job.syncer(self.paths.dir) if self.work is not None else None
+        if self.syncer is not None:
+            self.syncer.start()
+        return None
+
+    def run(self, stop: "threading.Event | None" = None) -> Outcome:
+        assert self.paths is not None and self.cache is not None
+        launch = Launch(self.paths, self.cache, self.spec_file, self.req.run_id, self.gpu_ids, stop)
+        return executors.get(self.req.executor).run(launch)
+
+    def close(self) -> tuple[str, str]:
+        """Copy what the run wrote (its last checkpoint) to the store, on a cancel too; (why the copy failed, or
+        '', and the worker's last error line)."""
+        reason = ""
+        if self.syncer is not None:
+            try:
+                self.syncer.stop(final=True)
+            except Exception as e:
+                reason = f"its files could not be copied to {self.job.url}: {_first_line(e)}"
+            self.syncer = None
+        error_line = _last_error(self.paths.log) if self.paths is not None else ""
+        if self.work is not None:
+            shutil.rmtree(self.work.parent.parent, ignore_errors=True)
+            self.work = None
+        return reason, error_line
+
+
 def _execute(req: Request) -> dict:
     """The Ray task: start the job's worker with the GPUs Ray assigned, keep its folder in the store, wait,
     report how it ended."""
@@ -126,60 +205,19 @@ def _execute(req: Request) -> dict:
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         with contextlib.suppress(ValueError):  # not the main thread: then Ray cancels it its own way
             signal.signal(signal.SIGINT, signal.default_int_handler)
-    ctx = ray.get_runtime_context()
-    gpu_ids = [str(i) for i in ctx.get_accelerator_ids().get("GPU", [])]
-    node_id = ctx.get_node_id()
-    job = ResultsStore.open(req.results, check=False).suite(req.suite).job(req.job)
-    spec_file = SpecFile.model_validate_json(req.spec_json)
+    attempt = Attempt(req)
+    early = attempt.open()
+    if early is not None:
+        return early
     try:
-        cache = _node_cache(req)
-    except UserError as e:
-        return {"exit_code": USER_ERROR_EXIT, "reason": str(e), "node_id": node_id}
-    # Checked again where the job runs: a link made after the plan must not let its executor write outside.
-    linked = job.link_problem()
-    if linked:
-        return {"exit_code": USER_ERROR_EXIT, "reason": linked, "node_id": node_id}
-    work: Path | None = None
-    paths = job.local
-    if paths is None:  # object storage: a working folder here, copied into the store as it changes
-        # One folder per attempt, removed whole at its end; the job folder keeps the job's own name.
-        work = node_dir() / "work" / f"{req.run_id}-{req.job}-{req.attempt}" / req.suite / req.job
-        paths = job.working_copy(work)
-        paths.spec.write_text(req.spec_json)
-    previous = RunStatus.model_validate_json(req.status_json)
-    job.write_status(
-        RunStatus(
-            state=JobState.RUNNING,
-            spec_hash=spec_file.spec_hash,
-            attempts=previous.attempts + 1,
-            executor=req.executor,
-            node=socket.gethostname(),
-            gpu_ids=gpu_ids,
-            queued_at=previous.queued_at,
-            started_at=now(),
-            owner=previous.owner,
-        )
-    )
-    syncer = job.syncer(paths.dir) if work is not None else None
-    if syncer is not None:
-        syncer.start()
-    reason = ""
-    try:
-        outcome = executors.get(req.executor).run(Launch(paths, cache, spec_file, req.run_id, gpu_ids))
+        outcome = attempt.run()
     finally:  # on a cancel too: what the run wrote (its last checkpoint) reaches the store
-        if syncer is not None:
-            try:
-                syncer.stop(final=True)
-            except Exception as e:
-                reason = f"its files could not be copied to {job.url}: {_first_line(e)}"
-        error_line = _last_error(paths.log)
-        if work is not None:
-            shutil.rmtree(work.parent.parent, ignore_errors=True)
+        reason, error_line = attempt.close()
     if reason:
-        return {"exit_code": None, "reason": reason, "node_id": node_id, "error_line": ""}
+        return {"exit_code": None, "reason": reason, "node_id": attempt.node_id, "error_line": ""}
     # A worker stopped from outside never said why: its log's last line is a progress line, not the error.
     detail = "" if outcome.stopped else error_line
-    return {"exit_code": outcome.exit_code, "reason": outcome.reason, "node_id": node_id, "error_line": detail}
+    return {"exit_code": outcome.exit_code, "reason": outcome.reason, "node_id": attempt.node_id, "error_line": detail}
 
 
 # The driver retries a failed task itself (it knows why it failed, and resumes from the store).
@@ -423,4 +461,4 @@ class Driver:
         )
 
 
-__all__ = ["ClusterLost", "Driver", "JobPaths", "JobStore", "Request"]
+__all__ = ["Attempt", "ClusterLost", "Driver", "JobPaths", "JobStore", "Request"]

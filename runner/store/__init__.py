@@ -47,6 +47,7 @@ __all__ = [
     "JobPaths",
     "JobStore",
     "ResultsStore",
+    "SearchStore",
     "Storage",
     "SuiteLock",
     "SuitePaths",
@@ -94,11 +95,17 @@ class JobFiles:
 
 @dataclass(frozen=True)
 class JobStore:
-    """One job's folder in the store: results/<suite>/<job>/."""
+    """One job's folder in the store: results/<suite>/<job>/, or a search's trial: results/<suite>/<search>/<trial>/."""
 
     storage: Storage
     suite: str
     name: str
+    search: str = ""  # the search a trial belongs to; '' for a job of the suite
+
+    @property
+    def label(self) -> str:
+        """Where it is in its suite: <job>, or <search>/<trial>."""
+        return f"{self.search}/{self.name}" if self.search else self.name
 
     @property
     def url(self) -> str:
@@ -149,7 +156,8 @@ class JobStore:
 
     def holder(self) -> Owner | None:
         """The live driver holding this job's suite folder, if any."""
-        return holder_of(self.storage.parent())
+        suite = self.storage.parent()
+        return holder_of(suite.parent() if self.search else suite)
 
     def read_status_seen(self, holder: "Owner | object | None" = _UNKNOWN) -> RunStatus | None:
         """status.json as a reader should take it (see `seen`)."""
@@ -246,7 +254,26 @@ class SuiteStore:
         return out
 
     def exists(self) -> bool:
-        return bool(self.jobs())
+        return bool(self.jobs()) or bool(self.searches())
+
+    def search(self, name: str) -> "SearchStore":
+        return SearchStore(self.storage.child(name), self.name, name)
+
+    def searches(self) -> list["SearchStore"]:
+        """Search folders present (those with search.json), by name."""
+        out = []
+        for name in self.storage.listdir():
+            try:
+                search = self.search(name)
+            except ValueError:
+                continue
+            if search.exists():
+                out.append(search)
+        return out
+
+    def runs(self) -> list[JobStore]:
+        """Every job folder of the suite: its jobs, then each search's trials."""
+        return [*self.jobs(), *(trial for search in self.searches() for trial in search.trials())]
 
     def lock(self, owner: Owner) -> SuiteLock:
         """The lock (lease on object storage) that makes `owner` this suite folder's one driver."""
@@ -260,7 +287,7 @@ class SuiteStore:
         """With the lock held by `holder`: record every job left queued or running by a dead driver as
         interrupted (or succeeded, when it had written its result). Those jobs, with their status as found."""
         marked = []
-        for job in self.jobs():
+        for job in self.runs():
             status = job.read_status()
             if status is None or status.state.final:
                 continue
@@ -270,10 +297,10 @@ class SuiteStore:
         return marked
 
     def aside_name(self, job: str, spec_hash: str) -> str:
-        """Where an earlier finished result of `job` is kept when a new spec replaces it (free, relative)."""
+        """Where an earlier finished result of `job` (or an earlier search) is kept when a new spec replaces it."""
         base = f"{PREVIOUS}/{job}-{spec_hash[:12]}"
         name, n = base, 1
-        while self.storage.exists(f"{name}/{SPEC}"):
+        while self.storage.exists(name):
             n += 1
             name = f"{base}-{n}"
         return name
@@ -308,18 +335,92 @@ class SuiteStore:
                 data = self.storage.read_bytes(name)
                 if data is not None:
                     (folder / name).write_bytes(data)
-            for job in self.jobs():
-                (folder / job.name).mkdir()
+            for search in self.searches():
+                (folder / search.name).mkdir()
+                (folder / search.name / SEARCH).write_bytes(search.storage.read_bytes(SEARCH) or b"")
+            for job in self.runs():
+                (folder / job.label).mkdir()
                 for name in REPORT_FILES:
                     data = job.storage.read_bytes(name)
                     if data is not None:
-                        (folder / job.name / name).write_bytes(data)
+                        (folder / job.label / name).write_bytes(data)
             yield folder
             for name in write_back:
                 path = folder / name
                 files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else [path] * path.is_file()
                 for file in files:
                     self.storage.upload(file, file.relative_to(folder).as_posix())
+
+
+SEARCH = "search.json"
+TUNE = "tune"  # Ray Tune's experiment folder, what Tuner.restore continues from
+NAMES = "trials.json"  # Tune's trial id -> the trial's name
+
+
+@dataclass(frozen=True)
+class SearchStore:
+    """One search's folder: results/<suite>/<search>/ with search.json, Tune's experiment folder `tune/` and a
+    job folder per trial, each with the full contract of a job."""
+
+    storage: Storage
+    suite: str
+    name: str
+
+    @property
+    def url(self) -> str:
+        return self.storage.url
+
+    def exists(self) -> bool:
+        return self.storage.exists(SEARCH)
+
+    def trial(self, name: str) -> JobStore:
+        return JobStore(self.storage.child(name), self.suite, name, search=self.name)
+
+    def trials(self) -> list[JobStore]:
+        """Trial folders present (those with spec.json), by name."""
+        out = []
+        for name in self.storage.listdir():
+            try:
+                trial = self.trial(name)
+            except ValueError:
+                continue
+            if trial.exists():
+                out.append(trial)
+        return out
+
+    def read_definition(self) -> dict[str, Any] | None:
+        """search.json: the search as it runs (its block, its base, the hash that decides a resume)."""
+        data = self.storage.read_json(SEARCH)
+        return data if isinstance(data, dict) else None
+
+    def write_definition(self, data: dict[str, Any]) -> None:
+        self.storage.write_json(SEARCH, data)
+
+    def names(self) -> dict[str, str]:
+        """Tune's trial id -> the trial's name, as given so far."""
+        data = self.storage.read_json(NAMES)
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def write_names(self, names: dict[str, str]) -> None:
+        self.storage.write_json(NAMES, names)
+
+    def tune_storage(self) -> tuple[str, str, Any]:
+        """(storage_path, name, storage_filesystem) of Ray Tune's experiment, `tune/` in this folder: a local path
+        and None, or the store's filesystem as pyarrow sees it (fsspec's, wrapped) and its path there."""
+        if self.storage.local is not None:
+            return str(self.storage.local), TUNE, None
+        import pyarrow.fs
+
+        return self.storage.path(), TUNE, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(self.storage.fs))
+
+    def tune_url(self) -> str:
+        return self.storage.path_url(TUNE)
+
+    def has_tune(self) -> bool:
+        return self.storage.exists(TUNE)
+
+    def remove(self) -> None:
+        self.storage.remove("")
 
 
 class ResultsStore:
@@ -378,8 +479,8 @@ def locate(where: str | os.PathLike[str]) -> tuple[str, list[JobStore]]:
     if (job := store.as_job()) is not None:
         return "job", [job]
     if (suite := store.as_suite()) is not None:
-        return "suite", suite.jobs()
-    jobs = [j for s in store.suites() for j in s.jobs()]
+        return "suite", suite.runs()
+    jobs = [j for s in store.suites() for j in s.runs()]
     if jobs:
         return "root", jobs
     raise UserError(

@@ -6,6 +6,7 @@ problem becomes one UserError naming the file, the place and the fix.
 
 import copy
 import difflib
+import importlib.util
 import itertools
 import re
 import types
@@ -19,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 
 from runner.errors import UserError
 from runner.suite import code as code_folder
-from schemas import JobSpec, Suite
+from schemas import JobSpec, SearchSpec, Suite
 from schemas.base import clip, excerpt
 
 _TEMPLATE = re.compile(r"\{([A-Za-z0-9_.]+)\}")
@@ -130,6 +131,36 @@ class _SuiteLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def with_values(spec: JobSpec, values: dict[str, Any], name: str) -> JobSpec:
+    """`spec` with each dotted field set to its value and named `name`, validated as a whole job."""
+    raw = spec.model_dump(mode="json")
+    for key, value in values.items():
+        _set_dotted(raw, key, value)
+    raw["name"] = name
+    return JobSpec.model_validate(raw)
+
+
+@dataclass(frozen=True)
+class ResolvedSearch:
+    """A suite's search with its base resolved: the job every trial starts from, as declared."""
+
+    spec: SearchSpec
+    base: JobSpec  # defaults, the base job (if any) and the profile; named after the search
+    profile: str | None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def trial_name(self, number: int) -> str:
+        """<search>-<number>, the number padded to the width of the last one: small-dense-07 of 16."""
+        return f"{self.name}-{number:0{len(str(self.spec.trials))}d}"
+
+    def trial(self, base: JobSpec, number: int, values: dict[str, Any]) -> JobSpec:
+        """Trial `number`: `base` (as declared, or as run with its substitutes) with the values drawn for it."""
+        return with_values(base, values, self.trial_name(number))
+
+
 @dataclass(frozen=True)
 class LoadedSuite:
     """A parsed, validated suite file."""
@@ -152,12 +183,10 @@ class LoadedSuite:
         if profile is not None and profile not in self.suite.profiles:
             known = ", ".join(sorted(self.suite.profiles)) or "none"
             raise UserError(f"{self.path}: no profile {excerpt(profile)} (profiles: {known}). Fix: pick one of those.")
-        entries = [(f"jobs[{i}]", raw) for i, raw in enumerate(self.suite.jobs)]
-        entries += _matrix_entries(self.suite)
         overrides = self.suite.profiles.get(profile, {}) if profile else {}
         specs: list[JobSpec] = []
         where_by_name: dict[str, str] = {}
-        for where, raw in entries:
+        for where, raw in self._entries():
             merged = _merge(_merge(copy.deepcopy(self.suite.defaults), raw), overrides)
             spec = self._validate_job(where, merged, profile)
             for field, ref in spec.code_refs():
@@ -172,6 +201,75 @@ class LoadedSuite:
             where_by_name[spec.name] = where
             specs.append(self._resolve_paths(spec))
         return specs
+
+    def _entries(self) -> list[tuple[str, dict[str, Any]]]:
+        entries = [(f"jobs[{i}]", raw) for i, raw in enumerate(self.suite.jobs)]
+        return entries + _matrix_entries(self.suite)
+
+    def search(self, profile: str | None = None) -> ResolvedSearch | None:
+        """The suite's search with its base job resolved under `profile` and every value of its space checked
+        against that job; None when the suite has none."""
+        search = self.suite.search
+        if search is None:
+            return None
+        jobs = self.jobs(profile)
+        names = [spec.name for spec in jobs]
+        trial = re.compile(re.escape(search.name) + r"-\d+")
+        clash = [n for n in names if n == search.name or trial.fullmatch(n)]
+        if clash:
+            raise UserError(
+                f"{self.path}: search.name {search.name!r} would name its folder or trials like the job "
+                f"{clash[0]!r}. Fix: give the search another name."
+            )
+        overrides = self.suite.profiles.get(profile, {}) if profile else {}
+        raw: dict[str, Any] = {}
+        if search.base is not None:
+            found = [r for (_, r), spec in zip(self._entries(), jobs, strict=True) if spec.name == search.base]
+            if not found:
+                close = difflib.get_close_matches(search.base, names, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else f"the jobs are {', '.join(names) or 'none'}"
+                raise UserError(
+                    f"{self.path}: search.base {excerpt(search.base)} names no job of the suite; {hint}. "
+                    "Fix: name one of the suite's jobs, or leave base out to start from the defaults."
+                )
+            raw = found[0]
+        merged = _merge(_merge(copy.deepcopy(self.suite.defaults), raw), overrides)
+        merged["name"] = search.name
+        origin = f"job {search.base!r}" if search.base else "the defaults"
+        where = f"search {search.name!r} (its base: {origin})"
+        base = self._validate_job(where, merged, profile)
+        for field, ref in base.code_refs():
+            problem = code_folder.module_problem(self.code, field, ref)
+            if problem:
+                raise UserError(f"{self.path}: {where}: {problem}.")
+        resolved = ResolvedSearch(search, self._resolve_paths(base), profile)
+        self._check_space(resolved, origin)
+        return resolved
+
+    def _check_space(self, search: ResolvedSearch, origin: str) -> None:
+        """Every value (each bound of a range) with the base's other fields: a value valid for its field alone may
+        still make no valid job (a width for an arch without hidden layers)."""
+        spec = search.spec
+        for key, dim in spec.space.items():
+            for value in dim.probes:
+                try:
+                    with_values(search.base, {key: value}, search.trial_name(1))
+                except ValidationError as e:
+                    where = f"search {spec.name!r} (its base: {origin}) with {key} = {excerpt(value)}"
+                    text = _format_errors(self.path, where, e, JobSpec)
+                    raise UserError(f"{text}\nFix: change search.space.{key}, or the base job.") from None
+        epochs = search.base.train.epochs
+        if spec.scheduler.name == "asha" and spec.scheduler.grace >= epochs:
+            raise UserError(
+                f"{self.path}: search.scheduler.grace_epochs {spec.scheduler.grace} is not below the trials' "
+                f"train.epochs ({epochs}, from {origin}): asha could stop no trial. "
+                "Fix: lower grace_epochs, raise train.epochs, or use scheduler: fifo."
+            )
+        if spec.searcher == "optuna" and importlib.util.find_spec("optuna") is None:
+            raise UserError(
+                f"{self.path}: search.searcher optuna needs the optuna package, which is not installed. "
+                "Fix: pip install 'gridrun[search]', or use searcher: random."
+            )
 
     def _validate_job(self, where: str, merged: dict[str, Any], profile: str | None) -> JobSpec:
         name = merged.get("name", "?")
@@ -213,6 +311,7 @@ def load_suite(path: Path | str) -> LoadedSuite:
     loaded = LoadedSuite(path=path, text=text, suite=suite, code=code)
     for profile in [None, *suite.profiles]:
         loaded.jobs(profile)
+        loaded.search(profile)
     return loaded
 
 

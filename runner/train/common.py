@@ -15,7 +15,17 @@ import numpy as np
 from runner.errors import UserError
 from runner.store.layout import JobPaths, write_json
 from runner.train.data import Splits
-from schemas import ClassAccuracy, Environment, EpochRecord, JobSpec, RunResult, SpecFile, Substitution, Timing
+from schemas import (
+    ClassAccuracy,
+    Environment,
+    EpochRecord,
+    JobSpec,
+    RunResult,
+    SpecFile,
+    Substitution,
+    Timing,
+    TrialInfo,
+)
 
 # TensorBoard scalar tags, the same in every framework so runs overlay in one chart.
 TAGS: dict[str, str] = {
@@ -171,9 +181,11 @@ def report_epoch(ctx: TrainContext, record: EpochRecord) -> None:
     write_json(ctx.paths.progress, {"epoch": record.epoch, "epochs": total, **record.model_dump()})
 
 
-def hparams(spec: JobSpec) -> dict[str, Any]:
-    """Flat hyper-parameters for TensorBoard's HParams view."""
-    return {
+def hparams(spec: JobSpec, trial: TrialInfo | None = None) -> dict[str, Any]:
+    """Flat hyper-parameters for TensorBoard's HParams view; a search's trial adds its search, its number and
+    each value drawn for it, by its dotted key, so that the view compares the trials on what they varied."""
+    drawn = {"search": trial.search, "trial": trial.number, **trial.values} if trial is not None else {}
+    return drawn | {
         "framework": spec.framework,
         "arch": spec.model.arch,
         "weights": spec.model.weights,

@@ -18,7 +18,7 @@ def open_tensorboard(ctx: TrainContext, start: int) -> TBWriter:
             stale.unlink()
     tb = TBWriter(ctx.paths.tb)
     if start == 1:
-        tb.hparams(hparams(ctx.spec))
+        tb.hparams(hparams(ctx.spec, ctx.spec_file.trial))
     return tb
 
 
