@@ -13,7 +13,7 @@ folder on its node whose files a `Syncer` copies into the store as they are writ
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,15 +243,7 @@ class SuiteStore:
 
     def jobs(self) -> list[JobStore]:
         """Job folders present (those with spec.json), by name."""
-        out = []
-        for name in self.storage.listdir():
-            try:
-                job = self.job(name)
-            except ValueError:  # not a name gridrun writes: not a job folder of ours
-                continue
-            if job.exists():
-                out.append(job)
-        return out
+        return _present(self.storage, self.job)
 
     def exists(self) -> bool:
         return bool(self.jobs()) or bool(self.searches())
@@ -261,15 +253,7 @@ class SuiteStore:
 
     def searches(self) -> list["SearchStore"]:
         """Search folders present (those with search.json), by name."""
-        out = []
-        for name in self.storage.listdir():
-            try:
-                search = self.search(name)
-            except ValueError:
-                continue
-            if search.exists():
-                out.append(search)
-        return out
+        return _present(self.storage, self.search)
 
     def runs(self) -> list[JobStore]:
         """Every job folder of the suite: its jobs, then each search's trials."""
@@ -378,15 +362,7 @@ class SearchStore:
 
     def trials(self) -> list[JobStore]:
         """Trial folders present (those with spec.json), by name."""
-        out = []
-        for name in self.storage.listdir():
-            try:
-                trial = self.trial(name)
-            except ValueError:
-                continue
-            if trial.exists():
-                out.append(trial)
-        return out
+        return _present(self.storage, self.trial)
 
     def read_definition(self) -> dict[str, Any] | None:
         """search.json: the search as it runs (its block, its base, the hash that decides a resume)."""
@@ -452,15 +428,7 @@ class ResultsStore:
         return SuiteStore(self.storage.child(name), name)
 
     def suites(self) -> list[SuiteStore]:
-        out = []
-        for name in self.storage.listdir():
-            try:
-                suite = self.suite(name)
-            except ValueError:
-                continue
-            if suite.exists():
-                out.append(suite)
-        return out
+        return _present(self.storage, self.suite)
 
     def as_suite(self) -> SuiteStore | None:
         """This location read as one suite's folder (`gridrun report s3://b/x/smoke`), when it is one."""
@@ -508,3 +476,16 @@ def copy_tree(source: Storage, dest: Storage, say=print) -> tuple[int, int]:
 
 
 __all__ += ["copy_tree", "locate"]
+
+
+def _present(storage: Storage, open_one: Callable[[str], Any]) -> list[Any]:
+    """The folders under `storage` that `open_one` opens (a name gridrun writes) and that exist, by name."""
+    out = []
+    for name in storage.listdir():
+        try:
+            item = open_one(name)
+        except ValueError:  # not a name gridrun writes: not a folder of ours
+            continue
+        if item.exists():
+            out.append(item)
+    return out
