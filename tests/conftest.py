@@ -25,7 +25,7 @@ def gridrun(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
+        env={**os.environ, "COLUMNS": "400", **(env or {})},
     )
 
 

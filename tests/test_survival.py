@@ -51,7 +51,7 @@ def start(tmp_path: Path, suite: Path) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "400"},
     )
 
 

@@ -1,5 +1,7 @@
 """The typer app and the consoles every verb prints to."""
 
+import os
+
 import typer
 from rich.console import Console
 
@@ -10,6 +12,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Outside a terminal (CI, pipes, log files) rich would wrap tables at 80 columns.
-console = Console(width=None if Console().is_terminal else 200)
-err = Console(stderr=True, width=None if Console(stderr=True).is_terminal else 200)
+
+
+def _width(probe: Console) -> int | None:
+    """A terminal's own width, or COLUMNS where set; else 200, as rich would wrap tables at 80 columns in pipes."""
+    return None if probe.is_terminal or os.environ.get("COLUMNS", "").isdigit() else 200
+
+
+console = Console(width=_width(Console()))
+err = Console(stderr=True, width=_width(Console(stderr=True)))
