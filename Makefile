@@ -25,9 +25,9 @@ TEST_WORKERS ?= 2
 test: setup
 	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) --dist worksteal --durations=30 $(PYTEST_ARGS)
 
-# The quick loop while editing: no model training for minutes, no containers, no multi-node clusters.
+# The quick loop while editing (about 2 minutes): no training, no Ray, no containers, no multi-node clusters.
 test-fast: setup
-	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) -m "not slow and not docker and not cluster" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) -m "not slow and not docker and not cluster and not runs" $(PYTEST_ARGS)
 
 # Kill workers, containers and the driver at random while a suite runs; then check that every job succeeded
 # exactly once, whole, with nothing left running, and print the figures. KILLS, JOBS, EPOCHS, SEED tune it.

@@ -88,6 +88,7 @@ def test_report_lists_the_bad_files_and_reports_the_other_jobs(results: Path) ->
     assert "good" in summary and summary["good"]["Status"] == "succeeded"
 
 
+@pytest.mark.runs
 def test_plan_re_runs_a_job_whose_status_json_is_bad_and_says_why(results: Path, tmp_path: Path) -> None:
     jobs = "\n".join(f"  - {{name: {job}, framework: torch}}" for job in ("good", *BAD))
     suite = tmp_path / "cmp.yaml"

@@ -59,6 +59,7 @@ def _counts(model) -> tuple[int, int]:
     return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.runs
 def test_torch_counts_equal_the_librarys_own(facts) -> None:
     import timm
     import torch
@@ -76,6 +77,7 @@ def test_torch_counts_equal_the_librarys_own(facts) -> None:
     assert (facts[MNV3_NARROW].total, facts[MNV3_NARROW].problem) == (narrow, "")
 
 
+@pytest.mark.runs
 def test_keras_counts_equal_the_librarys_own(facts) -> None:
     """Keras' count_params holds BatchNorm's moving statistics, which PyTorch (and gridrun) call buffers."""
     code = (
@@ -257,6 +259,7 @@ def _table(table) -> tuple[list[str], list[list[str]]]:
     return [c.strip() for c in header.split("┃")[1:-1]], cells
 
 
+@pytest.mark.runs
 def test_plan_counts_every_job_and_sizes_its_checkpoints(cache: Path, tmp_path: Path) -> None:
     loaded = load_suite(_suite(tmp_path, *GOOD))
     catalog = Catalog(cache)
@@ -284,6 +287,7 @@ def test_plan_counts_every_job_and_sizes_its_checkpoints(cache: Path, tmp_path: 
     assert (need.best, need.last) == (4 * facts[MNV3].total, 4 * 2 * facts[MNV3].total)  # SGD's momentum slot
 
 
+@pytest.mark.runs
 def test_gridrun_plan_shows_the_parameter_column(cache: Path, tmp_path: Path) -> None:
     path = _suite(tmp_path, "{name: mnv3, framework: torch, model: {arch: torchvision.mobilenet_v3_small}}")
     args = ["plan", str(path), "--results", str(tmp_path / "results"), "--cache", str(cache), "--cpus", "2"]
@@ -302,6 +306,7 @@ def _imagenet(arch: str, framework: str = "torch", fallback: bool = False) -> Jo
     return JobSpec(name="j", framework=framework, model=model, dataset={"name": "synthetic"})
 
 
+@pytest.mark.runs
 def test_offline_the_fallback_applies_or_the_job_names_the_file(tmp_path: Path) -> None:
     """This machine reaches no model hub: the library's own download, in its child process, fails for real."""
     said: list[str] = []

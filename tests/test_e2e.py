@@ -12,6 +12,8 @@ from runner.store.layout import SuitePaths
 from runner.train.common import TAGS
 from schemas import JobState, RunResult, SpecFile
 
+pytestmark = pytest.mark.runs  # starts Ray or a worker that trains: not in `make test-fast`
+
 JOBS = ("smoke-torch", "smoke-tf")
 
 

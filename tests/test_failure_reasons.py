@@ -30,6 +30,8 @@ jobs:
   - {{name: no-log, framework: torch, train: {{epochs: 1}}}}
 """
 
+pytestmark = pytest.mark.runs  # every test reads one real failed run
+
 
 def _worker_of(root: int, job_dir: Path) -> int | None:
     """The pid of the training worker of `job_dir` among the descendants of `root`."""

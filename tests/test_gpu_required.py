@@ -13,6 +13,8 @@ from jobhelp import make_job, run_worker, worker_env
 from runner.store.layout import SuitePaths
 from schemas import JobState
 
+pytestmark = pytest.mark.runs  # starts Ray or a worker that trains: not in `make test-fast`
+
 SUITE = """\
 suite: needs-gpu
 defaults:

@@ -23,6 +23,8 @@ from jobhelp import descendants
 
 from runner.schedule import cluster
 
+pytestmark = pytest.mark.runs  # starts Ray: not in `make test-fast`
+
 # Processes of the embedded Ray that listen, by a piece of their command line; the last two open their
 # metrics ports seconds after ray.init returns.
 KINDS = ("gcs_server", "raylet", "DashboardAgent", "RuntimeEnvAgent", "dashboard/dashboard.py", "monitor.py")

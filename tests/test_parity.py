@@ -282,6 +282,7 @@ def torch_counts(model_spec: dict[str, Any], classes: int) -> tuple[int, int]:
     return torch_models.parameter_counts(model)
 
 
+@pytest.mark.runs
 @pytest.mark.parametrize("case", list(COUNT_CASES))
 def test_parameter_counts_equal_torchvision(probe: dict[str, Any], case: str) -> None:
     model_spec, classes, _ = COUNT_CASES[case]

@@ -143,6 +143,7 @@ def test_checkpoint_size_follows_the_model_and_the_optimizer() -> None:
     assert frozen.last == 4 * (ALEXNET_10 + 2 * head)
 
 
+@pytest.mark.runs
 def test_plan_says_when_the_checkpoints_do_not_fit(small_disk: Path, tmp_path: Path) -> None:
     """16 MiB cannot hold a smoke job's AlexNet checkpoints: the plan says so, with the fix; it still exits 0."""
     args = ["plan", str(REPO / "jobs/smoke.yaml"), "--cache", str(tmp_path / "cache"), "--executor", "process"]

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from conftest import REPO, gridrun
 
 from runner.schedule import cluster
@@ -95,6 +96,7 @@ def test_an_unforeseen_error_is_told_without_the_token() -> None:
     assert token not in message and "more lines" not in message and "Fix:" in message
 
 
+@pytest.mark.runs
 def test_an_address_that_does_not_speak_ray_is_told_in_seconds(tmp_path: Path) -> None:
     """A port that accepts connections but is no Ray head: Ray alone retries for about 40 s."""
     server = socket.create_server(("127.0.0.1", 0))

@@ -3,10 +3,13 @@
 import re
 from pathlib import Path
 
+import pytest
 from conftest import gridrun
 
 from runner.store.layout import SuitePaths
 from schemas import JobState
+
+pytestmark = pytest.mark.runs  # starts Ray or a worker that trains: not in `make test-fast`
 
 TWO_GPU_JOBS = """\
 suite: gpus

@@ -21,6 +21,8 @@ from runner.schedule.cluster import version_problem
 from runner.store.layout import SuitePaths
 from schemas import JobState
 
+pytestmark = pytest.mark.runs  # starts Ray or a worker that trains: not in `make test-fast`
+
 TOKEN = "gridrun-remote-token-" + "5" * 24
 SUITE = """\
 suite: {suite}

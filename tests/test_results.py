@@ -60,6 +60,7 @@ def test_paths_of_a_job(tmp_path: Path) -> None:
     assert [j.dir.name for j in SuitePaths.of(tmp_path, "suite").jobs()] == ["job"]
 
 
+@pytest.mark.runs
 @pytest.mark.parametrize("framework", ["torch", pytest.param("tensorflow", marks=pytest.mark.tensorflow)])
 def test_a_full_disk_is_one_clear_message(small_disk: Path, tmp_path: Path, framework: str) -> None:
     """A checkpoint that does not fit: exit code 2, one message naming the disk and the fix, no

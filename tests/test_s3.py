@@ -24,6 +24,8 @@ from runner.store import ResultsStore
 from runner.train.common import TAGS
 from schemas import JobState
 
+pytestmark = pytest.mark.runs  # starts Ray or a worker that trains: not in `make test-fast`
+
 JOBS = ("smoke-torch", "smoke-tf")
 URL = "s3://smoke-bucket/study runs"
 

@@ -143,6 +143,7 @@ def test_a_lock_that_created_the_folders_leaves_none_when_nothing_was_run(tmp_pa
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.runs
 def test_a_lease_on_object_storage_refuses_a_second_driver_and_lapses_when_its_holder_dies(
     s3server: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:

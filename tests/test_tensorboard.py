@@ -143,6 +143,7 @@ def poll(fetch: Any, until: Any, timeout: float = 60) -> Any:
         time.sleep(0.5)
 
 
+@pytest.mark.runs
 def test_tensorboard_serves_every_run_as_suite_slash_job(results: Path, smoke_results: Path, tmp_path: Path) -> None:
     expected = tb_runs(results)
     assert {"smoke/smoke-torch", "smoke/smoke-tf", "smoke-old/smoke-fallback"} <= expected

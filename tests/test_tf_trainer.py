@@ -20,7 +20,7 @@ from runner.train.common import TAGS
 from runner.train.weights import imagenet_path
 from schemas import RunResult
 
-pytestmark = pytest.mark.tensorflow
+pytestmark = [pytest.mark.tensorflow, pytest.mark.runs]
 
 LAST, BEST = ("last", ".weights.h5"), ("best", ".weights.h5")
 ALEXNET_FEATURES = 2_469_696

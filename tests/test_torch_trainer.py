@@ -17,6 +17,8 @@ from runner.train.torch_trainer import Pipeline
 from runner.train.weights import imagenet_path
 from schemas import ModelSpec, RunResult
 
+pytestmark = pytest.mark.runs  # starts Ray or a worker that trains: not in `make test-fast`
+
 
 def linear(n_in: int, n_out: int) -> int:
     return n_in * n_out + n_out
