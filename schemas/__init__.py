@@ -13,7 +13,7 @@ from schemas.job import (
     ScheduleSpec,
     TrainSpec,
 )
-from schemas.result import ClassAccuracy, Environment, EpochRecord, RunResult, Substitution, Timing
+from schemas.result import ClassAccuracy, Environment, EpochRecord, Limits, RunResult, Substitution, Timing
 from schemas.run import Identity, SpecFile, TrialInfo
 from schemas.search import SearchSpec
 from schemas.status import EarlyStop, JobState, Owner, RunStatus
@@ -29,6 +29,7 @@ __all__ = [
     "Identity",
     "JobSpec",
     "JobState",
+    "Limits",
     "MatrixSpec",
     "ModelSpec",
     "OptimizerSpec",

@@ -52,6 +52,20 @@ class Substitution(Strict):
     reason: str = Field(description="Why.")
 
 
+class Limits(Strict):
+    """The share of the machine a run had: what it reserved, as the worker saw it applied."""
+
+    cpu_threads: int | None = Field(None, description="The framework's intra-op (compute) threads.")
+    interop_threads: int | None = Field(None, description="The framework's inter-op threads.")
+    cpu_quota: float | None = Field(None, description="CPUs of the cgroup's quota (cpu.max); none: no quota.")
+    memory_limit_gb: float | None = Field(None, description="GiB of the cgroup's memory.max; none: no limit.")
+    gpu_memory_fraction: float | None = Field(None, description="Share of the GPU's memory it may take.")
+
+    def differences(self, other: "Limits") -> list[str]:
+        """The fields two runs did not share, by name."""
+        return [name for name in type(self).model_fields if getattr(self, name) != getattr(other, name)]
+
+
 class Environment(Strict):
     """Where and with what the run executed."""
 
@@ -66,6 +80,7 @@ class Environment(Strict):
     image: str = Field("", description="Docker image, when run in one.")
     image_digest: str = Field("", description="Docker image id.")
     libraries: dict[str, str] = Field(default_factory=dict, description="Other library versions.")
+    limits: Limits = Field(default_factory=Limits, description="Threads, CPU quota and memory limits it ran under.")
 
 
 class RunResult(Measured):

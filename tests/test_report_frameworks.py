@@ -18,6 +18,7 @@ from schemas import (
     Environment,
     EpochRecord,
     JobSpec,
+    Limits,
     RunResult,
     RunStatus,
     SpecFile,
@@ -48,6 +49,7 @@ def write_run(
     seconds: float,
     speed: float,
     parameters: tuple[int, int] | None = None,
+    limits: Limits | None = None,
     **model,
 ) -> None:
     """A succeeded job folder: spec.json, status.json and a one-epoch result.json with these numbers;
@@ -74,7 +76,7 @@ def write_run(
         timing=Timing(data_seconds=1, train_seconds=seconds - 2, eval_seconds=1, total_seconds=seconds),
         images_per_second=speed,
         environment=Environment(framework=framework, framework_version="1", python_version="3.11", device="cpu",
-                                device_name="cpu", mixed_precision="off", hostname="h"),
+                                device_name="cpu", mixed_precision="off", hostname="h", limits=limits or Limits()),
     )  # fmt: skip
     write_json(paths.result, result)
 
@@ -120,12 +122,24 @@ def test_two_frameworks_give_the_same_table_as_ever(study: Path) -> None:
         "PyTorch img/s": t_speed, "TensorFlow img/s": f"**{f_speed}**",
     }]  # fmt: skip
     assert "Accuracy: test accuracy at the best epoch. Bold: the better framework." in report
+    assert "not the same limits" not in report
     assert (
         f"Both frameworks, alexnet (scratch, synthetic 64px): PyTorch {t_acc} in {t_time} ({t_speed} images/s), "
         f"TensorFlow {f_acc} in {f_time} ({f_speed} images/s)."
     ) in report
     assert "![The same model in both frameworks](plots/frameworks.png)" in report
     png_ok((study / "plots" / "frameworks.png").read_bytes())
+
+
+def test_runs_of_unequal_threads_are_said_not_comparable_in_speed(tmp_path: Path) -> None:
+    suite = tmp_path / SUITE
+    write_run(suite, "alexnet-torch", "torch", 0.61, 125, 1500, limits=Limits(cpu_threads=1, interop_threads=1))
+    write_run(suite, "alexnet-tf", "tensorflow", 0.58, 95, 2100, limits=Limits(cpu_threads=2, interop_threads=1))
+    write_report(suite)
+    report = " ".join((suite / "report.md").read_text().split())
+    assert (
+        "alexnet: not the same limits, so its speeds are not comparable (cpu threads: PyTorch 1, TensorFlow 2)."
+    ) in report, report
 
 
 def test_a_third_framework_gets_its_columns_bars_and_sentence(study: Path, monkeypatch: pytest.MonkeyPatch) -> None:

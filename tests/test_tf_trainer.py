@@ -135,6 +135,9 @@ def test_run_writes_the_torch_trainers_files_and_its_weights_load_into_another_r
     assert result.best_epoch in (1, 2) and result.resumed_from_epoch is None
     assert result.timing.total_seconds >= result.timing.train_seconds + result.timing.eval_seconds > 0
     env = result.environment
+    # resources.cpus 1: one compute and one inter-op thread, whatever the machine has; no cgroup quota as a process.
+    assert (env.limits.cpu_threads, env.limits.interop_threads, env.limits.gpu_memory_fraction) == (1, 1, None)
+    assert "limits: 1 compute thread(s), 1 inter-op" in proc.stdout
     assert (env.framework, env.device, env.mixed_precision) == ("tensorflow", "cpu", "off")  # bf16 on GPUs only
     assert env.framework_version and env.libraries["keras"].startswith("3.")
 

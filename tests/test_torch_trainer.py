@@ -152,6 +152,9 @@ def test_synthetic_run_writes_a_full_result_and_tensorboard(tmp_path: Path) -> N
     assert result.timing.train_seconds > 0 and result.timing.eval_seconds > 0
     assert result.timing.total_seconds >= result.timing.train_seconds + result.timing.eval_seconds
     env = result.environment
+    # resources.cpus 1: one compute and one inter-op thread, whatever the machine has; no cgroup quota as a process.
+    assert (env.limits.cpu_threads, env.limits.interop_threads, env.limits.gpu_memory_fraction) == (1, 1, None)
+    assert "limits: 1 compute thread(s), 1 inter-op" in proc.stdout
     assert (env.framework, env.device, env.mixed_precision) == ("torch", "cpu", "off")  # autocast on CUDA only
     assert env.framework_version == torch.__version__ and env.libraries["torchvision"] == torchvision.__version__
 

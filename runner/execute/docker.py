@@ -238,6 +238,8 @@ def container_config(
         "network_mode": "none",  # downloads happened in the prepare step
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
+        # The CPUs it reserved as a CFS quota: the container cannot take the cores Ray gave other jobs.
+        "nano_cpus": int(launch.spec_file.spec.resources.cpus * 1e9),
         "mem_limit": memory,
         "memswap_limit": memory,  # no swap on top
         "pids_limit": PIDS_LIMIT,

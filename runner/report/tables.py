@@ -257,7 +257,23 @@ def framework_table(comparisons: list[Comparison], label: Label) -> Table:
                     for i, v in enumerate(values)]  # fmt: skip
         rows.append(row)
     better = "the better framework" if len(frameworks) == 2 else "the best framework for each measure"
-    return Table(headers, rows, f"Accuracy: test accuracy at the best epoch. Bold: {better}.")
+    notes = [note for c in comparisons if (note := unequal_limits(c.model, c.results(frameworks), names))]
+    return Table(headers, rows, " ".join([f"Accuracy: test accuracy at the best epoch. Bold: {better}.", *notes]))
+
+
+def unequal_limits(model: str, results: list[RunResult | None], names: list[str]) -> str:
+    """A note when the compared runs did not have the same threads, CPU quota or memory: their speed is unfair."""
+    ran = [(name, r.environment.limits) for name, r in zip(names, results, strict=True) if r is not None]
+    if len(ran) < 2:
+        return ""
+    fields = sorted({f for _, a in ran for _, b in ran for f in a.differences(b)})
+    if not fields:
+        return ""
+    said = "; ".join(
+        f"{field.replace('_', ' ')}: " + ", ".join(f"{name} {getattr(lim, field) or 'none'}" for name, lim in ran)
+        for field in fields
+    )
+    return f"{model}: not the same limits, so its speeds are not comparable ({said})."
 
 
 def tradeoff_table(runs: list[Run], label: Label) -> Table:

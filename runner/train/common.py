@@ -20,6 +20,7 @@ from schemas import (
     Environment,
     EpochRecord,
     JobSpec,
+    Limits,
     RunResult,
     SpecFile,
     Substitution,
@@ -71,6 +72,61 @@ class TrainContext:
     def gpu_fraction(self) -> float:
         """Share of a GPU this job was given (1.0 when it has whole GPUs)."""
         return float(os.environ.get("GRIDRUN_GPU_FRACTION", "1") or 1)
+
+    @property
+    def cpu_threads(self) -> int:
+        """Compute threads the run may use: the CPUs it reserved, rounded down, at least one."""
+        return max(1, int(self.spec.resources.cpus))
+
+    def limits(self, intra: int, inter: int, on_gpu: bool) -> Limits:
+        """The limits this run trains under, as the framework and the cgroup report them; logged once."""
+        quota, memory = cgroup_limits()
+        limits = Limits(
+            cpu_threads=intra,
+            interop_threads=inter,
+            cpu_quota=quota,
+            memory_limit_gb=memory,
+            gpu_memory_fraction=self.gpu_fraction if on_gpu and self.gpu_fraction < 1 else None,
+        )
+        self.log(f"limits: {limits_text(limits)}")
+        return limits
+
+
+def cgroup_limits(root: Path = Path("/sys/fs/cgroup")) -> tuple[float | None, float | None]:
+    """(CPUs of the quota, GiB of memory) of this process's cgroup v2; None where there is no limit or no cgroup."""
+    try:
+        own = next(
+            (
+                ln.split("::", 1)[1].strip()
+                for ln in Path("/proc/self/cgroup").read_text().splitlines()
+                if ln.startswith("0::")
+            ),
+            "/",
+        )
+    except OSError:
+        return None, None
+    folder = root / own.lstrip("/")
+
+    def read(name: str) -> list[str]:
+        try:
+            return (folder / name).read_text().split()
+        except OSError:
+            return []
+
+    cpu, memory = read("cpu.max"), read("memory.max")
+    quota = int(cpu[0]) / int(cpu[1]) if len(cpu) == 2 and cpu[0].isdigit() and cpu[1].isdigit() else None
+    limit = int(memory[0]) / 2**30 if memory and memory[0].isdigit() else None
+    return (round(quota, 3) if quota else None), (round(limit, 3) if limit else None)
+
+
+def limits_text(limits: Limits) -> str:
+    """'1 compute thread(s), 1 inter-op, CPU quota 1, memory 2 GiB, GPU memory 0.5'."""
+    parts = [f"{limits.cpu_threads} compute thread(s), {limits.interop_threads} inter-op"]
+    parts.append(f"CPU quota {limits.cpu_quota:g}" if limits.cpu_quota else "no CPU quota")
+    parts.append(f"memory {limits.memory_limit_gb:g} GiB" if limits.memory_limit_gb else "no memory limit")
+    if limits.gpu_memory_fraction:
+        parts.append(f"GPU memory {limits.gpu_memory_fraction:g}")
+    return ", ".join(parts)
 
 
 # The fix when a framework with CUDA finds no NVIDIA device.
@@ -211,6 +267,7 @@ def environment(
     device_name: str,
     mixed_precision: bool,
     libraries: dict[str, str],
+    limits: Limits,
 ) -> Environment:
     """Where the run executed; the executor passes its name and image through the environment."""
     return Environment(
@@ -225,6 +282,7 @@ def environment(
         image=os.environ.get("GRIDRUN_IMAGE", ""),
         image_digest=os.environ.get("GRIDRUN_IMAGE_DIGEST", ""),
         libraries={"numpy": np.__version__, **libraries},
+        limits=limits,
     )
 
 

@@ -98,7 +98,11 @@ def configure_devices(ctx: TrainContext) -> tuple[str, str, bool]:
                 model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
         except OSError:
             model = ""
-        return "cpu", f"{model or platform.machine()} ({len(os.sched_getaffinity(0))} threads)", False
+        return (
+            "cpu",
+            f"{model or platform.machine()} ({tf.config.threading.get_intra_op_parallelism_threads()} threads)",
+            False,
+        )
     details = tf.config.experimental.get_device_details(gpus[0])
     bf16 = tuple(details.get("compute_capability", (0, 0))) >= (8, 0)
     return "cuda", str(details.get("device_name", "GPU")), bf16
@@ -350,7 +354,16 @@ class Run:
     def __init__(self, ctx: TrainContext) -> None:
         self.ctx = ctx
         spec = self.spec = ctx.spec
+        threads = ctx.cpu_threads
+        # Before TensorFlow starts its runtime: its pools would otherwise take every core, whatever was reserved.
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
         self.device, self.device_name, bf16_ok = configure_devices(ctx)
+        self.limits = ctx.limits(
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            tf.config.threading.get_inter_op_parallelism_threads(),
+            self.device == "cuda",
+        )
         # bf16 needs no loss scaling; only on a GPU that has it (on the CPU it is slower than fp32).
         self.bf16 = spec.train.mixed_precision and bf16_ok
         keras.mixed_precision.set_global_policy("mixed_bfloat16" if self.bf16 else "float32")
@@ -516,7 +529,13 @@ class Run:
         test_preds = run_epochs(ctx, self.history, start, self.train_epoch, self.predict, self.save)
         cm = confusion_matrix(self.labels["test"], test_preds, ctx.splits.num_classes)
         env = environment(
-            "tensorflow", tf.__version__, self.device, self.device_name, self.bf16, {"keras": keras.__version__}
+            "tensorflow",
+            tf.__version__,
+            self.device,
+            self.device_name,
+            self.bf16,
+            {"keras": keras.__version__},
+            self.limits,
         )
         return build_result(ctx, self.history, cm, self.trainable, self.total, env)
 

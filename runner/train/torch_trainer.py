@@ -7,7 +7,7 @@ tensor ops on the device. Imports neither Ray nor Docker.
 
 import math
 import platform
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +200,10 @@ class Run:
         spec = self.spec = ctx.spec
         self.device = pick_device(ctx)
         cuda = self.device.type == "cuda"
+        torch.set_num_threads(ctx.cpu_threads)
+        with suppress(RuntimeError):  # allowed once, before torch's first parallel work
+            torch.set_num_interop_threads(ctx.cpu_threads)
+        self.limits = ctx.limits(torch.get_num_threads(), torch.get_num_interop_threads(), cuda)
         if cuda:
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
             if ctx.gpu_fraction < 1:
@@ -356,6 +360,7 @@ class Run:
             device_name(self.device),
             self.bf16,
             {"torchvision": torchvision.__version__},
+            self.limits,
         )
         return build_result(ctx, self.history, cm, self.trainable, self.total, env)
 
