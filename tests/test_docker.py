@@ -474,6 +474,9 @@ def test_smoke_suite_runs_in_containers_and_writes_the_same_files(torch_image, t
         assert status.executor == "docker" and result is not None
         env = result.environment
         assert (env.executor, env.image) == ("docker", image) and env.image_digest.startswith("sha256:")
+        # cpus: 1 as the container's CFS quota and the framework's pools; memory capped by the container's cgroup.
+        assert (env.limits.cpu_quota, env.limits.cpu_threads, env.limits.interop_threads) == (1, 1, 1), env.limits
+        assert env.limits.memory_limit_gb is not None and env.limits.memory_limit_gb > 0, env.limits
         assert {"spec.json", "status.json", "result.json", "log.txt", "tb", "checkpoints"} <= {
             p.name for p in paths.dir.iterdir()
         }

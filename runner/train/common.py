@@ -93,30 +93,39 @@ class TrainContext:
 
 
 def cgroup_limits(root: Path = Path("/sys/fs/cgroup")) -> tuple[float | None, float | None]:
-    """(CPUs of the quota, GiB of memory) of this process's cgroup v2; None where there is no limit or no cgroup."""
+    """(CPUs of the quota, GiB of memory) of this process's cgroup, v2 or v1; None where there is no limit."""
     try:
-        own = next(
-            (
-                ln.split("::", 1)[1].strip()
-                for ln in Path("/proc/self/cgroup").read_text().splitlines()
-                if ln.startswith("0::")
-            ),
-            "/",
-        )
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
         return None, None
-    folder = root / own.lstrip("/")
+    # v2: one hierarchy ("0::/path"); v1: one per controller ("4:memory:/path"). Inside a container the path is
+    # its namespace's root, so the files are read at the path and at the mount's root.
+    paths = {}
+    for line in lines:
+        _, controllers, own = [*line.split(":", 2), "", ""][:3]
+        for controller in controllers.split(",") if controllers else [""]:
+            paths[controller] = own.strip().lstrip("/")
 
-    def read(name: str) -> list[str]:
-        try:
-            return (folder / name).read_text().split()
-        except OSError:
-            return []
+    def read(*names: str) -> list[str]:
+        for name in names:
+            controller, _, file = name.rpartition("/")
+            for folder in dict.fromkeys((root / controller / paths.get(controller, ""), root / controller)):
+                try:
+                    return (folder / file).read_text().split()
+                except OSError:
+                    continue
+        return []
 
-    cpu, memory = read("cpu.max"), read("memory.max")
+    if "" in paths and (root / "cgroup.controllers").exists():  # v2
+        cpu, memory = read("cpu.max"), read("memory.max")
+    else:
+        cpu = read("cpu/cpu.cfs_quota_us") + read("cpu/cpu.cfs_period_us")
+        memory = read("memory/memory.limit_in_bytes")
     quota = int(cpu[0]) / int(cpu[1]) if len(cpu) == 2 and cpu[0].isdigit() and cpu[1].isdigit() else None
-    limit = int(memory[0]) / 2**30 if memory and memory[0].isdigit() else None
-    return (round(quota, 3) if quota else None), (round(limit, 3) if limit else None)
+    limit = int(memory[0]) if memory and memory[0].isdigit() else None
+    # v1 writes "no limit" as a page-rounded 2**63 - 1.
+    gib = limit / 2**30 if limit and limit < 2**60 else None
+    return (round(quota, 3) if quota else None), (round(gib, 3) if gib else None)
 
 
 def limits_text(limits: Limits) -> str:
