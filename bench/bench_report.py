@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runner.report import write_report
 from runner.store.layout import SuitePaths, write_json
 from schemas import JobSpec, RunResult, RunStatus, SpecFile
+from schemas.registry import with_imagenet
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -34,7 +35,7 @@ def make_suite(root: Path, suite: str, jobs: int, seed: int = 0) -> SuitePaths:
     for i in range(jobs):
         framework = ("torch", "tensorflow")[i % 2]
         arch = ("alexnet", "vgg16", "resnet18")[(i // 2) % 3]
-        weights = ("none", "imagenet")[(i // 6) % 2]
+        weights = ("none", "imagenet")[(i // 6) % 2] if arch in with_imagenet(framework) else "none"
         spec = JobSpec.model_validate({
             "name": f"{arch}-{framework}-{'scratch' if weights == 'none' else 'pretrained'}-{i:03d}",
             "framework": framework,
