@@ -330,6 +330,11 @@ class ResourcesSpec(Strict):
         "may be 'v', '!v', 'in(a,b)' or '!in(a,b)'. Nodes get labels with `ray start --labels gpu-type=A100`.",
     )
 
+    @property
+    def threads(self) -> int:
+        """Compute threads a run may use: the CPUs it reserved, rounded down, at least one."""
+        return max(1, int(self.cpus))
+
     @model_validator(mode="after")
     def _whole_gpus_above_one(self) -> "ResourcesSpec":
         if self.gpus > 1 and self.gpus != int(self.gpus):

@@ -109,15 +109,14 @@ def worker_command(python: str, job_dir: Path | str, cache: Path | str) -> list[
 
 def worker_env(launch: Launch, executor: str) -> dict[str, str]:
     """Variables the worker reads: its GPUs (exactly those the scheduler assigned) and its executor."""
-    threads = max(1, int(launch.spec_file.spec.resources.cpus))
     return {
         "CUDA_VISIBLE_DEVICES": ",".join(launch.gpu_ids),
         "GRIDRUN_GPU_FRACTION": f"{launch.gpu_fraction:g}",
         "GRIDRUN_EXECUTOR": executor,
         "GRIDRUN_RUN_ID": launch.run_id,
         "PYTHONUNBUFFERED": "1",
-        # Keep each run's CPU threads within what it reserved: OpenMP (torch, oneDNN) and TensorFlow's own pools.
-        **dict.fromkeys(("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"), str(threads)),
+        # Keep OpenMP (torch, oneDNN) within what the run reserved; the trainers size their own pools the same.
+        "OMP_NUM_THREADS": str(launch.spec_file.spec.resources.threads),
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
     }
 

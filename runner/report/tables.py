@@ -266,7 +266,8 @@ def unequal_limits(model: str, results: list[RunResult | None], names: list[str]
     ran = [(name, r.environment.limits) for name, r in zip(names, results, strict=True) if r is not None]
     if len(ran) < 2:
         return ""
-    fields = sorted({f for _, a in ran for _, b in ran for f in a.differences(b)})
+    first = ran[0][1]
+    fields = sorted({f for _, other in ran[1:] for f in first.differences(other)})
     if not fields:
         return ""
     said = "; ".join(

@@ -73,11 +73,6 @@ class TrainContext:
         """Share of a GPU this job was given (1.0 when it has whole GPUs)."""
         return float(os.environ.get("GRIDRUN_GPU_FRACTION", "1") or 1)
 
-    @property
-    def cpu_threads(self) -> int:
-        """Compute threads the run may use: the CPUs it reserved, rounded down, at least one."""
-        return max(1, int(self.spec.resources.cpus))
-
     def limits(self, intra: int, inter: int, on_gpu: bool) -> Limits:
         """The limits this run trains under, as the framework and the cgroup report them; logged once."""
         quota, memory = cgroup_limits()

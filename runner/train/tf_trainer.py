@@ -354,7 +354,7 @@ class Run:
     def __init__(self, ctx: TrainContext) -> None:
         self.ctx = ctx
         spec = self.spec = ctx.spec
-        threads = ctx.cpu_threads
+        threads = spec.resources.threads
         # Before TensorFlow starts its runtime: its pools would otherwise take every core, whatever was reserved.
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)

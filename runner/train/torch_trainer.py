@@ -200,9 +200,9 @@ class Run:
         spec = self.spec = ctx.spec
         self.device = pick_device(ctx)
         cuda = self.device.type == "cuda"
-        torch.set_num_threads(ctx.cpu_threads)
+        torch.set_num_threads(spec.resources.threads)
         with suppress(RuntimeError):  # allowed once, before torch's first parallel work
-            torch.set_num_interop_threads(ctx.cpu_threads)
+            torch.set_num_interop_threads(spec.resources.threads)
         self.limits = ctx.limits(torch.get_num_threads(), torch.get_num_interop_threads(), cuda)
         if cuda:
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
