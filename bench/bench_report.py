@@ -4,8 +4,8 @@
 
 The job folders are generated (valid spec.json, status.json and result.json of CIFAR-10-shaped
 runs with plausible curves, a few failed and blocked ones), since training 200 models is not the
-point: this measures reading, tables, plots and rendering. Prints a cold build (every plot drawn)
-and a warm one (plots reused from plots/.cache.json, as after each finished job of `gridrun run`).
+point: this measures reading, tables, plots and rendering. Prints a cold build (every plot drawn),
+a warm one (nothing changed) and one after another job finished (as after each finished job of `gridrun run`).
 """
 
 import argparse
@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runner.report import write_report
+from runner.report.sweep import PAGES
 from runner.store.layout import SuitePaths, write_json
 from schemas import JobSpec, RunResult, RunStatus, SpecFile
 from schemas.registry import with_imagenet
@@ -115,13 +116,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gridrun-bench-report-") as tmp:
         root = args.keep or Path(tmp)
         suite = make_suite(root, "bench", args.jobs)
-        for run in ("cold", "warm"):
+        # cold: nothing drawn yet; warm: nothing changed; one more: a job finished since, as during `gridrun run`.
+        for run in ("cold", "warm", "one more"):
+            if run == "one more":
+                make_suite(root, "bench", args.jobs + 1, seed=0)
             cpu0, t0 = _cpu_seconds(), time.perf_counter()
             written = write_report(suite.dir)
             seconds, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
             html = (suite.dir / "report.html").stat().st_size / 1e6
-            print(f"report over {args.jobs} job folders, {run}: {seconds:.2f} s wall, {cpu:.2f} s CPU "
-                  f"({len(written) - 2} plots, report.html {html:.1f} MB, {os.cpu_count()} cores)")  # fmt: skip
+            plots = sum(p.suffix == ".png" for p in written)
+            pages = sum(p.parent.name == PAGES for p in written)
+            runs = args.jobs + (run == "one more")
+            print(f"report over {runs} job folders, {run}: {seconds:.2f} s wall, {cpu:.2f} s CPU "
+                  f"({plots} plots, {pages} run pages, report.html {html:.2f} MB, {os.cpu_count()} cores)")  # fmt: skip
         print(f"report: {suite.dir / 'report.html'}" if args.keep else "")
 
 

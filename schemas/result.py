@@ -61,6 +61,15 @@ class Limits(Strict):
     memory_limit_gb: float | None = Field(None, description="GiB of the cgroup's memory.max; none: no limit.")
     gpu_memory_fraction: float | None = Field(None, description="Share of the GPU's memory it may take.")
 
+    def describe(self) -> str:
+        """'1 compute thread(s), 1 inter-op, CPU quota 1, memory 2 GiB, GPU memory 0.5'."""
+        parts = [f"{self.cpu_threads} compute thread(s), {self.interop_threads} inter-op"]
+        parts.append(f"CPU quota {self.cpu_quota:g}" if self.cpu_quota else "no CPU quota")
+        parts.append(f"memory {self.memory_limit_gb:g} GiB" if self.memory_limit_gb else "no memory limit")
+        if self.gpu_memory_fraction:
+            parts.append(f"GPU memory {self.gpu_memory_fraction:g}")
+        return ", ".join(parts)
+
     def differences(self, other: "Limits") -> list[str]:
         """The fields two runs did not share, by name."""
         return [name for name in type(self).model_fields if getattr(self, name) != getattr(other, name)]

@@ -8,14 +8,12 @@ import base64
 import html.parser
 import io
 import json
-import os
 import re
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
+from browser import browse, chromium
 from conftest import gridrun
 from PIL import Image, ImageStat
 
@@ -321,16 +319,6 @@ def test_compare_across_suites_prints_and_writes_the_tables(suite_copy: Path, tm
 # report.html in a real browser
 
 
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    message = "Chromium is not installed: apt-get install -y chromium (Debian) to run this test"
-    if os.environ.get("REQUIRE_CHROMIUM") == "1":
-        pytest.fail(message + " (REQUIRE_CHROMIUM=1)")
-    pytest.skip(message)
-
-
 # Added to a copy of the page: records what the browser loaded into the DOM, for --dump-dom to print.
 PROBE = """<script>window.addEventListener("load", () => {
   const out = document.createElement("pre"); out.id = "probe";
@@ -338,14 +326,6 @@ PROBE = """<script>window.addEventListener("load", () => {
     images: [...document.images].map(i => [i.complete, i.naturalWidth, i.naturalHeight])});
   document.body.appendChild(out);
 });</script>"""
-
-
-def browse(browser: str, url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    with tempfile.TemporaryDirectory() as profile:
-        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={profile}", "--window-size=1400,3000"]  # fmt: skip
-        return subprocess.run([browser, *flags, *args, url], capture_output=True, text=True, timeout=120)
 
 
 def test_report_html_renders_in_chromium(suite_copy: Path, tmp_path: Path) -> None:

@@ -6,19 +6,18 @@
 Importing this package is cheap: matplotlib loads only when a plot is drawn.
 """
 
-import os
-import tempfile
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
 from runner.errors import UserError
 from runner.report import tables
-from runner.report.document import Document, Figure, Section
+from runner.report.document import Document, Figure, Section, write_text
 from runner.report.plots import Plotter
 from runner.report.render import html_page, markdown, to_console
 from runner.report.runs import Run, collect, load_suite
 from runner.report.search import SearchRuns, read_searches, search_section
+from runner.report.sweep import PAGES, SWEEP_RUNS, page_name, sweep_block, write_run_pages
 from runner.report.tables import Label
 from runner.store import ResultsStore, SuiteStore
 
@@ -37,8 +36,13 @@ def build_document(
     base: Path | None,
     intro: list[str] = (),
     searches: list[SearchRuns] = (),
+    pages: str | None = None,
 ) -> Document:
-    """Every table, the conclusion and (with a plotter) every plot of a set of runs, and a section per search."""
+    """Every table, the conclusion and (with a plotter) every plot of a set of runs, and a section per search.
+
+    Beyond SWEEP_RUNS runs, the sweep view stands for the per-run tables and plots; with `pages` (the folder of
+    the runs' own pages, relative to the report) each run links to its page.
+    """
     finished = [(label(r), r.result) for r in runs if r.result is not None]
     states = Counter(r.state for r in runs)
     lead = f"{len(runs)} runs: " + ", ".join(f"{n} {state}" for state, n in states.most_common()) + "."
@@ -59,9 +63,14 @@ def build_document(
             plotter.finish()
         return doc
 
+    sweep = len(runs) > SWEEP_RUNS
     add("Conclusion", *tables.conclusion(runs, label))
-    add("Summary", tables.summary_table(runs, label))
-    if finished:
+    if sweep:
+        links = {i: f"{pages}/{page_name(label(r))}" for i, r in enumerate(runs)} if pages else {}
+        add("Runs", sweep_block(runs, label, links))
+    else:
+        add("Summary", tables.summary_table(runs, label))
+    if finished and not sweep:
         add(
             "Accuracy per epoch",
             plotter.overlay(finished) if plotter else None,
@@ -81,7 +90,7 @@ def build_document(
             "Zoo models of different libraries that share a name (case and underscores aside), side by side.",
             tables.same_name_table(same, label),
         )
-    if finished:
+    if finished and not sweep:
         add("Accuracy per hour", tables.tradeoff_table(runs, label), plotter.tradeoff(finished) if plotter else None)
         add("Per-class accuracy", *tables.per_class_tables(runs, label))
         if plotter:
@@ -112,18 +121,6 @@ def _figures(doc: Document) -> list[Path]:
     return paths
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Atomic, like every file of the results folder: a browser never shows half a report."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _suite_description(suite_dir: Path) -> list[str]:
     try:
         import yaml
@@ -142,16 +139,23 @@ def write_report(suite_dir: Path) -> list[Path]:
     searches = read_searches(suite) if suite is not None else []
     plotter = Plotter(suite_dir / PLOTS)
     title = f"gridrun report: {suite_dir.name}"
-    doc = build_document(runs, title, lambda r: r.job, plotter, suite_dir, _suite_description(suite_dir), searches)
+    label: Label = lambda r: r.job  # noqa: E731
+    doc = build_document(runs, title, label, plotter, suite_dir, _suite_description(suite_dir), searches, pages=PAGES)
     md, page = suite_dir / REPORT_MD, suite_dir / REPORT_HTML
-    _write_text(md, markdown(doc, suite_dir))
-    _write_text(page, html_page(doc))
-    return [md, page, *_figures(doc)]
+    pages = _run_pages(runs, label, suite_dir / PAGES, f"gridrun run: {suite_dir.name}", REPORT_HTML)
+    write_text(md, markdown(doc, suite_dir))
+    write_text(page, html_page(doc))
+    return [md, page, *_figures(doc), *pages]
+
+
+def _run_pages(runs: list[Run], label: Label, folder: Path, title: str, home: str) -> list[Path]:
+    """The runs' own pages of a sweep; none (and any earlier ones removed) for a report of a few runs."""
+    return write_run_pages(runs if len(runs) > SWEEP_RUNS else [], label, folder, title, f"../{home}")
 
 
 def write_suite_report(suite: SuiteStore) -> list[str]:
     """Write the report of a suite into its folder in the store; return where each file went."""
-    with suite.local_copy(write_back=(REPORT_MD, REPORT_HTML, PLOTS)) as folder:
+    with suite.local_copy(write_back=(REPORT_MD, REPORT_HTML, PLOTS, PAGES)) as folder:
         written = write_report(folder)
         if suite.storage.local is not None:
             return [str(p) for p in written]
@@ -183,6 +187,7 @@ def compare(paths: list[Path | str], out: Path | None = None) -> tuple[Document,
     if not out.parent.is_dir():
         raise UserError(f"--out {out}: folder {out.parent} does not exist. Fix: create it or choose another path.")
     plotter = Plotter(out.parent / f"{out.stem}-plots")
-    doc = build_document(runs, title, label, plotter, out.parent)
-    _write_text(out, markdown(doc, out.parent) if out.suffix == ".md" else html_page(doc))
-    return doc, [out, *_figures(doc)]
+    doc = build_document(runs, title, label, plotter, out.parent, pages=f"{out.stem}-runs")
+    pages = _run_pages(runs, label, out.parent / f"{out.stem}-runs", title, out.name)
+    write_text(out, markdown(doc, out.parent) if out.suffix == ".md" else html_page(doc))
+    return doc, [out, *_figures(doc), *pages]

@@ -3,6 +3,8 @@
 Text may hold **bold** spans, the one markup every renderer understands.
 """
 
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +39,7 @@ class Figure:
 @dataclass
 class Section:
     title: str
-    blocks: list["Table | Figure | str | list[Figure]"] = field(default_factory=list)
+    blocks: list["Block"] = field(default_factory=list)
 
 
 @dataclass
@@ -70,3 +72,45 @@ def duration(seconds: float | None) -> str:
         return f"{minutes} min {secs:02d} s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours} h {minutes:02d} min"
+
+
+@dataclass
+class Chart:
+    """A line chart drawn as inline SVG in HTML: series of (name, x values, y values); `marker` an x to mark."""
+
+    title: str
+    series: list[tuple[str, list[int], list[float]]]
+    percent: bool = False
+    marker: int | None = None
+
+
+@dataclass
+class Heatmap:
+    """A square matrix of counts, each row coloured by its share: a confusion matrix."""
+
+    names: list[str]
+    counts: list[list[int]]
+    caption: str = ""
+
+
+@dataclass
+class Sweep:
+    """The interactive view of many runs: `data` drives the page's script; `table` is the same as plain rows."""
+
+    data: dict[str, object]
+    table: Table
+
+
+Block = Table | Figure | str | list[Figure] | list[Chart] | Chart | Heatmap | Sweep
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomic, like every file of the results folder: a browser never shows half a page."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -83,7 +83,7 @@ class TrainContext:
             memory_limit_gb=memory,
             gpu_memory_fraction=self.gpu_fraction if on_gpu and self.gpu_fraction < 1 else None,
         )
-        self.log(f"limits: {limits_text(limits)}")
+        self.log(f"limits: {limits.describe()}")
         return limits
 
 
@@ -121,16 +121,6 @@ def cgroup_limits(root: Path = Path("/sys/fs/cgroup")) -> tuple[float | None, fl
     # v1 writes "no limit" as a page-rounded 2**63 - 1.
     gib = limit / 2**30 if limit and limit < 2**60 else None
     return (round(quota, 3) if quota else None), (round(gib, 3) if gib else None)
-
-
-def limits_text(limits: Limits) -> str:
-    """'1 compute thread(s), 1 inter-op, CPU quota 1, memory 2 GiB, GPU memory 0.5'."""
-    parts = [f"{limits.cpu_threads} compute thread(s), {limits.interop_threads} inter-op"]
-    parts.append(f"CPU quota {limits.cpu_quota:g}" if limits.cpu_quota else "no CPU quota")
-    parts.append(f"memory {limits.memory_limit_gb:g} GiB" if limits.memory_limit_gb else "no memory limit")
-    if limits.gpu_memory_fraction:
-        parts.append(f"GPU memory {limits.gpu_memory_fraction:g}")
-    return ", ".join(parts)
 
 
 # The fix when a framework with CUDA finds no NVIDIA device.
