@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 
@@ -13,3 +14,16 @@ def test_the_report_bench_prints_cold_and_warm_figures() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     for build in ("cold", "warm"):
         assert f"report over 14 job folders, {build}:" in done.stdout, done.stdout
+
+
+@pytest.mark.runs  # starts Ray and training workers
+def test_the_overhead_bench_prints_the_command_run_and_sweep_figures() -> None:
+    done = subprocess.run(
+        [sys.executable, "bench/bench_overhead.py", "--sweep", "3", "--frameworks", "torch", "--no-docker"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "driver: imported frameworks none" in out, out
+    for figure in ("one-job command:", "phases: checks", "torch      process: run", "sweep of 3 one-epoch jobs"):
+        assert figure in out, out

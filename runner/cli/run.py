@@ -2,8 +2,10 @@
 
 import json
 import math
+import threading
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -135,6 +137,24 @@ class Opened:
     catalog: models.Catalog  # what the model libraries said of the suite's zoo models
 
 
+@dataclass
+class Phases:
+    """Wall seconds of each phase of a command, in order: what `run` prints at its end and keeps in summary.json."""
+
+    last: float = field(default_factory=time.perf_counter)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def lap(self, name: str) -> None:
+        """The phase `name` ended now; the next starts."""
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self.last
+        self.last = now
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{name} {s:.1f} s" for name, s in self.seconds.items())
+        return f"{sum(self.seconds.values()):.1f} s: {parts}"
+
+
 def _open(
     suite: Path, results: str, executor: str | None, address: str | None, cache: str | None, gpus, cpus
 ) -> Opened:
@@ -176,8 +196,11 @@ def _prepare_plan(
     download: bool,
     insecure: bool = False,
     lock: SuiteLock | None = None,
+    phases: Phases | None = None,
 ) -> Planned:
     """Reach the cluster, prepare (a run) or preview (a plan), and plan."""
+    phases = phases or Phases()
+    phases.lap("checks")
     loaded, store, inputs_cache = opened.loaded, opened.store, opened.cache
     suite_store = store.suite(loaded.name)
     holder = suite_store.holder()
@@ -189,6 +212,7 @@ def _prepare_plan(
         )
     run_id = lock.owner.run_id if lock is not None else None
     cluster = ray_cluster.connect(address, num_gpus=gpus, num_cpus=cpus, insecure=insecure, run_id=run_id)
+    phases.lap("Ray start")
     console.print(cluster.describe(), highlight=False)
     if store.local is not None:
         _shared_or_refuse(
@@ -234,6 +258,7 @@ def _prepare_plan(
     line, short = disk.check(specs_to_run, store.local, counts)
     if line:
         console.print(f"[bold yellow]{line}[/]" if short else line, highlight=False)
+    phases.lap("plan")
     return Planned(loaded, chosen, plan, searched, store, inputs_cache)
 
 
@@ -300,13 +325,15 @@ def run(
     ] = False,
 ) -> None:
     """Run a suite on Ray: prepare inputs, schedule every job, gather results, write the report."""
+    phases = Phases()
     opened = _open(suite, results, executor, address, cache, gpus, cpus)
     owner = me(uuid.uuid4().hex[:12])
     lock = _take(opened, owner, wait)
     try:
         planned = _prepare_plan(
-            opened, profile, executor, address, gpus, cpus, force, download=True, insecure=insecure, lock=lock
-        )
+            opened, profile, executor, address, gpus, cpus, force, download=True, insecure=insecure, lock=lock,
+            phases=phases,
+        )  # fmt: skip
         loaded, chosen, store, inputs_cache = planned.loaded, planned.profile, planned.store, planned.cache
         # Imports ray: only once the cluster is up, since Ray reads how to start the embedded one when imported.
         from runner.schedule.driver import Driver
@@ -326,17 +353,25 @@ def run(
 
             view = SearchView(console)
             searches = SearchDriver(loaded.name, store, inputs_cache, view, owner, chosen).run(searched)
+        phases.lap("jobs")
     except BaseException:
+        ray_cluster.shutdown()
         lock.release()
         raise
-    finally:
-        ray_cluster.shutdown()
     suite_store = store.suite(loaded.name)
     with lock:
-        _write_summary(suite_store, loaded, chosen, planned.jobs, finals, searched)
-        if report:
-            _report(suite_store)
+        # Ray's shutdown mostly waits for its processes to exit: the report is written meanwhile.
+        stopping = threading.Thread(target=ray_cluster.shutdown, name="ray-shutdown")
+        stopping.start()
+        try:
+            _write_summary(suite_store, loaded, chosen, planned.jobs, finals, searched, phases)
+            if report:
+                _report(suite_store)
+        finally:
+            stopping.join()
+        phases.lap("report and Ray shutdown")
     console.print(status_table(suite_store.runs()))
+    console.print(f"took {phases.describe()}", highlight=False)
     if driver.lost is not None:  # one message: what happened, what is in the results, how to go on
         raise driver.lost
     failed = [n for n, s in finals.items() if s.state not in (JobState.SUCCEEDED, JobState.SKIPPED)]
@@ -393,6 +428,7 @@ def _write_summary(
     planned: list[PlannedJob],
     finals: dict[str, RunStatus],
     searched: PlannedSearch | None = None,
+    phases: Phases | None = None,
 ) -> None:
     jobs = []
     for p in planned:
@@ -412,6 +448,8 @@ def _write_summary(
             }
         )
     summary: dict[str, Any] = {"suite": loaded.name, "profile": profile, "source": str(loaded.path), "jobs": jobs}
+    if phases is not None:  # up to the report: the command's own cost beyond its jobs
+        summary["command_seconds"] = {name: round(s, 3) for name, s in phases.seconds.items()}
     if searched is not None:
         from runner.report.search import search_summary
 
