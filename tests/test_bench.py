@@ -27,3 +27,15 @@ def test_the_overhead_bench_prints_the_command_run_and_sweep_figures() -> None:
     assert "driver: imported frameworks none" in out, out
     for figure in ("one-job command:", "phases: checks", "torch      process: run", "sweep of 3 one-epoch jobs"):
         assert figure in out, out
+
+
+@pytest.mark.runs  # trains, in both frameworks
+def test_the_training_bench_prints_each_ratio() -> None:
+    done = subprocess.run(
+        [sys.executable, "bench/bench_train.py", "--images", "64", "--epochs", "2", "--width", "16", "--workers", "1"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for line in ("torch: AlexNet 64px", "keras: AlexNet 64px", "ratio gridrun / study-style data path"):
+        assert line in done.stdout, done.stdout
+    assert done.stdout.count("ratio") == 3, done.stdout

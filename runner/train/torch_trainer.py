@@ -99,9 +99,9 @@ class Pipeline:
 
     def eval_batch(self, x: torch.Tensor) -> torch.Tensor:
         """Resize only; bilinear without antialias, as TensorFlow's resize does by default."""
-        x = F.interpolate(
-            self._normalise(x), size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=False
-        )
+        x = self._normalise(x)
+        if x.shape[2:] != (self.size, self.size):  # at its own size, bilinear resampling is the identity
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=False)
         return self._layout(x)
 
     def train_batch(self, x: torch.Tensor, shift: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
@@ -111,6 +111,8 @@ class Pipeline:
         'reflection' padding and align_corners=False, a zero shift without flip gives exactly
         eval_batch's F.interpolate result: train and eval see the same geometry.
         """
+        if not (self.augment.random_crop and self.augment.crop_padding > 0) and not self.augment.horizontal_flip:
+            return self.eval_batch(x)  # the same geometry by interpolate, much cheaper than grid_sample on a CPU
         x = self._normalise(x)
         n, _, h, w = x.shape
         theta = torch.zeros(n, 2, 3, device=x.device)
