@@ -5,10 +5,10 @@
 1. The command: `gridrun run` of a one-job suite, in a child that says at its exit which frameworks the driver
    imported and its peak memory; the phases the command reports (summary.json's command_seconds) against the
    job's own time, from status.json's start to end.
-2. A run: each framework's worker started by the executor itself (process, then docker where the daemon and the
-   images are here) on a tiny job, against `python -c "import <framework>"` (torch with torchvision) started the
-   same way; the overhead is
-   the run's wall time less that import and less the training and evaluation the worker measured.
+2. A run: each framework's worker started by the executor itself (process, cold and, for a framework that can
+   be forked once imported, warm; then docker where the daemon and the images are here) on a tiny job, against
+   `python -c "import <framework>"` (torch with torchvision) started the same way; the overhead is the run's
+   wall time less that import and less the training and evaluation the worker measured.
 3. A sweep: --sweep one-epoch jobs of 1 CPU on the embedded Ray; its utilisation is the jobs' summed time over
    the slots times the wall time of the jobs phase (1.0: every slot always busy).
 Targets (issue 13): the driver imports no framework; a one-job command within 5 s of its job; a run at most
@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from runner.store.layout import JobPaths, write_json  # noqa: E402
 from schemas import JobSpec, SpecFile  # noqa: E402
+from schemas.registry import FRAMEWORKS as FRAMEWORK_ENTRIES  # noqa: E402
 
 FRAMEWORKS = ("torch", "tensorflow")
 # A framework's own import: for PyTorch with torchvision, whose networks the twins are (and whose import pulls
@@ -122,27 +123,37 @@ def import_seconds(framework: str, executor: str) -> float:
     return best
 
 
-def run_overhead(tmp: Path, framework: str, executor: str) -> str:
+def run_overhead(tmp: Path, framework: str, executor: str, warm_start: bool = False) -> str:
+    """The best of two runs (the first of a warm pair starts the server); cold unless `warm_start`."""
     from runner import execute
-    from runner.execute import Launch
+    from runner.execute import Launch, warm
 
-    root = tmp / f"{executor}-{framework}"
+    root = tmp / f"{executor}-{framework}-{'warm' if warm_start else 'cold'}"
+    run_id = uuid.uuid4().hex[:12]
     walls, extras = [], []
-    for attempt in range(2):
-        paths, spec_file = job_folder(root / str(attempt), framework)
-        launch = Launch(paths, tmp / "cache", spec_file, uuid.uuid4().hex[:12])
-        t0 = time.perf_counter()
-        outcome = execute.get(executor).run(launch)
-        wall = time.perf_counter() - t0
-        if outcome.exit_code != 0:
-            raise SystemExit(f"{executor} {framework}: {outcome.reason}\n{paths.log.read_text()[-2000:]}")
-        timing = json.loads(paths.result.read_text())["timing"]
-        walls.append(wall)
-        extras.append(wall - timing["train_seconds"] - timing["eval_seconds"])
+    saved = os.environ.get(warm.WARM_ENV)
+    os.environ[warm.WARM_ENV] = "1" if warm_start else "0"
+    try:
+        for attempt in range(3 if warm_start else 2):
+            paths, spec_file = job_folder(root / str(attempt), framework)
+            launch = Launch(paths, tmp / "cache", spec_file, run_id)
+            t0 = time.perf_counter()
+            outcome = execute.get(executor).run(launch)
+            wall = time.perf_counter() - t0
+            if outcome.exit_code != 0:
+                raise SystemExit(f"{executor} {framework}: {outcome.reason}\n{paths.log.read_text()[-2000:]}")
+            if warm_start and attempt == 0:
+                continue  # it started the server: a cold start and then some
+            timing = json.loads(paths.result.read_text())["timing"]
+            walls.append(wall)
+            extras.append(wall - timing["train_seconds"] - timing["eval_seconds"])
+    finally:
+        os.environ.pop(warm.WARM_ENV) if saved is None else os.environ.__setitem__(warm.WARM_ENV, saved)
     imported = import_seconds(framework, executor)
     extra = min(extras)
     target = 1.5 if executor == "process" else 2.5
-    return (f"{framework:<10} {executor:<7}: run {min(walls):5.2f} s, of which training and evaluation "
+    how = f"{executor} {'warm' if warm_start else 'cold'}"
+    return (f"{framework:<10} {how:<12}: run {min(walls):5.2f} s, of which training and evaluation "
             f"{min(walls) - extra:4.2f} s; framework import alone {imported:4.2f} s; overhead beyond it "
             f"{extra - imported:+5.2f} s (target {target} s)")  # fmt: skip
 
@@ -188,6 +199,8 @@ def main() -> None:
         command(root / "command")
         for framework in frameworks:
             print(run_overhead(root, framework, "process"))
+            if FRAMEWORK_ENTRIES[framework].forkable:
+                print(run_overhead(root, framework, "process", warm_start=True))
         why = "--no-docker" if args.no_docker else docker_ready(frameworks)
         if why:
             print(f"container figures left out: {why}")

@@ -47,6 +47,7 @@ class Framework:
     weights_fix: str  # how to make one, for error messages
     packages: tuple[str, ...] = ()  # its distributions, whose versions are part of a run's identity
     colour: str = ""  # its bars in the report's plots ("" picks one)
+    forkable: bool = False  # a process that imported its trainer may fork runs (runner.execute.warm)
 
 
 FRAMEWORKS: dict[str, Framework] = {
@@ -65,6 +66,8 @@ FRAMEWORKS: dict[str, Framework] = {
             "(a gridrun torch run's checkpoints/best.pt)",
             packages=("torch", "torchvision"),
             colour="#ee4c2c",
+            # Importing torch starts no runtime: CUDA and the thread pools start at first use, in each run.
+            forkable=True,
         ),
         Framework(
             "tensorflow",

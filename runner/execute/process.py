@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+from runner.execute import warm
 from runner.execute.base import (
     Executor,
     Launch,
@@ -23,9 +25,10 @@ from runner.execute.base import (
 
 _PR_SET_PDEATHSIG = 1
 POLL_S = 0.25
+Worker = subprocess.Popen[bytes] | warm.WarmChild
 
 
-def _wait(proc: subprocess.Popen[bytes], seconds: float) -> int | None:
+def _wait(proc: Worker, seconds: float) -> int | None:
     try:
         return proc.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
@@ -38,7 +41,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+def _kill_group(proc: Worker, grace: float = 5.0) -> None:
     """SIGTERM the worker's whole process group, then SIGKILL what is left."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
         try:
@@ -50,6 +53,27 @@ def _kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def _warm_start(launch: Launch, cmd: list[str], env: dict[str, str], log) -> "warm.WarmChild | None":
+    """The worker forked by this node's server of its framework, when the framework allows it; else None."""
+    from runner.store import node_dir
+    from schemas.registry import FRAMEWORKS
+
+    spec_file = launch.spec_file
+    framework = FRAMEWORKS.get(spec_file.spec.framework)
+    if framework is None or not framework.forkable or spec_file.code or os.environ.get(warm.WARM_ENV) == "0":
+        return None
+    conn = warm.connect(Path(node_dir()) / "warm", launch.run_id, framework.name)
+    if conn is None:
+        return None
+    log.write(
+        f"$ {' '.join(cmd)}  (warm start: forked from a process that has imported {framework.display})\n".encode()
+    )
+    child = warm.start(conn, [str(launch.paths.dir), "--cache", str(launch.cache)], env, launch.paths.log)
+    if child is None:
+        log.write(b"the warm start failed: starting cold\n")
+    return child
 
 
 class ProcessExecutor(Executor):
@@ -71,16 +95,18 @@ class ProcessExecutor(Executor):
             env.update(code_env(launch.spec_file.code, env.get("PYTHONPATH", "")))
         launch.paths.dir.mkdir(parents=True, exist_ok=True)
         with open(launch.paths.log, "ab", buffering=0) as log:
-            log.write(f"$ {' '.join(cmd)}\n".encode())
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-                start_new_session=True,  # its own process group, so a cancel reaches its children
-                preexec_fn=_die_with_parent,
-            )
+            proc: Worker | None = _warm_start(launch, cmd, env, log)
+            if proc is None:
+                log.write(f"$ {' '.join(cmd)}\n".encode())
+                proc = subprocess.Popen(
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,  # its own process group, so a cancel reaches its children
+                    preexec_fn=_die_with_parent,
+                )
             deadline = time.monotonic() + launch.timeout_s if launch.timeout_s else None
             try:
                 # Short waits: Ray's cancel raises KeyboardInterrupt only once this thread runs Python again,

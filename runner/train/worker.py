@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         log(
             f"job {spec_file.suite}/{spec_file.job}: {spec.framework} {spec.model.arch} "
-            f"weights={spec.model.weights} dataset={spec.dataset.name}@{spec.dataset.image_size}px"
+            f"weights={spec.model.weights} dataset={spec.dataset.name}@{spec.dataset.image_size}px, pid {os.getpid()}"
         )
         log(f"visible GPUs: CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}")
         t0 = time.perf_counter()
