@@ -25,7 +25,13 @@ def test_the_overhead_bench_prints_the_command_run_and_sweep_figures() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     assert "driver: imported frameworks none" in out, out
-    for figure in ("one-job command:", "phases: checks", "torch      process: run", "sweep of 3 one-epoch jobs"):
+    for figure in (
+        "one-job command:",
+        "phases: checks",
+        "torch      process cold: run",
+        "torch      process warm: run",
+        "sweep of 3 one-epoch jobs",
+    ):
         assert figure in out, out
 
 

@@ -36,8 +36,8 @@ pytestmark = pytest.mark.runs  # every test reads one real failed run
 def _worker_of(root: int, job_dir: Path) -> int | None:
     """The pid of the training worker of `job_dir` among the descendants of `root`."""
     for pid in descendants(root):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        try:  # a warm-started worker's title is one string; a cold one's, its arguments
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").split()
         except OSError:
             continue
         if b"runner.train.worker" in argv and str(job_dir).encode() in argv:

@@ -29,6 +29,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 IDLE_S = 60.0  # a sweep asks again within seconds; a server holds about 1 GB
 START_S = 120.0  # a server that does not listen by then (a cold import on a loaded node) is given up on
@@ -100,7 +101,9 @@ def _connect(path: Path) -> socket.socket | None:
 
 def _server_env() -> dict[str, str]:
     # Neither the cluster's token nor a run's own variables: each child gets its environment from its request.
-    return {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")}
+    # Without SPT_NOENV (Ray sets it for its workers), a child's title may take the environment's room too: a
+    # worker's command line is longer than its server's.
+    return {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN") and k != "SPT_NOENV"}
 
 
 def connect(folder: Path, run_id: str, framework: str) -> socket.socket | None:
@@ -162,7 +165,7 @@ def start(conn: socket.socket, argv: list[str], env: dict[str, str], log: Path) 
 # --- the server --------------------------------------------------------------------------------------
 
 
-def _become_worker(request: dict, keep: list[int]) -> None:
+def _become_worker(request: dict, keep: list[int], title: Any) -> None:
     """In the forked child: the worker's session, environment, streams and argv; runs it, then exits."""
     code = 1
     try:
@@ -187,7 +190,9 @@ def _become_worker(request: dict, keep: list[int]) -> None:
         os.chdir(request["cwd"])
         from runner.train import worker
 
-        sys.argv = ["python -m runner.train.worker", *request["argv"]]
+        sys.argv = [sys.executable, "-m", "runner.train.worker", *request["argv"]]
+        if title is not None:  # ps and /proc show the worker's command line, not its server's
+            title.setproctitle(" ".join(sys.argv))
         code = worker.main(request["argv"])
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
@@ -206,6 +211,12 @@ def serve(path: Path, framework: str) -> None:
     from runner.train import frameworks, worker  # noqa: F401  (the imports are the point)
 
     frameworks.get(framework)
+    try:  # set up before any fork: it finds the command line's memory from the environment it started with
+        import setproctitle as title
+
+        title.getproctitle()
+    except ImportError:
+        title = None
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old = os.umask(0o177)  # the socket is this user's alone
     try:
@@ -253,7 +264,7 @@ def serve(path: Path, framework: str) -> None:
                         *(c.fileno() for c in pending)]  # fmt: skip
                 pid = os.fork()
                 if pid == 0:
-                    _become_worker(request, [*keep, sock.fileno()])
+                    _become_worker(request, [*keep, sock.fileno()], title)
                 children[pid] = sock
                 with contextlib.suppress(OSError):
                     sock.sendall(json.dumps({"pid": pid}).encode() + b"\n")
