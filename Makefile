@@ -6,7 +6,7 @@ GRIDRUN := $(BIN)/gridrun
 RESULTS ?= results
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run-all test test-fast chaos lint format bench gpu-check report tensorboard images clean
+.PHONY: setup run-all test test-slow test-all test-fast chaos lint format bench gpu-check report tensorboard images clean
 
 setup: $(STAMP)
 
@@ -20,10 +20,19 @@ $(STAMP): pyproject.toml
 run-all: setup
 	$(GRIDRUN) run jobs/alexnet-challenge.yaml --results $(RESULTS)
 
-# Every test: real Ray clusters, Docker, an S3 API, TensorBoard, Chromium; two at a time (xdist).
+# Every test but the minute-long scenarios (marked slow): real Ray clusters, Docker, an S3 API, TensorBoard,
+# Chromium; two at a time (xdist). About 10 minutes on two cores.
 TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -ra -n $(TEST_WORKERS) --dist worksteal --durations=30
 test: setup
-	$(BIN)/python -m pytest -ra -n $(TEST_WORKERS) --dist worksteal --durations=30 $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
+
+# The minute-long scenarios alone: searches with Ctrl-C, framework parity, zoo models in containers, the benches.
+test-slow: setup
+	$(PYTEST) -m slow $(PYTEST_ARGS)
+
+# Everything, as CI runs it: `make test`, then `make test-slow`.
+test-all: test test-slow
 
 # The quick loop while editing (about 2 minutes): no training, no Ray, no containers, no multi-node clusters.
 test-fast: setup

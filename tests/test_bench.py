@@ -16,7 +16,7 @@ def test_the_report_bench_prints_cold_and_warm_figures() -> None:
         assert f"report over 14 job folders, {build}:" in done.stdout, done.stdout
 
 
-@pytest.mark.runs  # starts Ray and training workers
+@pytest.mark.slow  # over a minute: a Ray run of one job, per-run starts, a small sweep
 def test_the_overhead_bench_prints_the_command_run_and_sweep_figures() -> None:
     done = subprocess.run(
         [sys.executable, "bench/bench_overhead.py", "--sweep", "3", "--frameworks", "torch", "--no-docker"],
@@ -35,7 +35,7 @@ def test_the_overhead_bench_prints_the_command_run_and_sweep_figures() -> None:
         assert figure in out, out
 
 
-@pytest.mark.runs  # trains, in both frameworks
+@pytest.mark.slow  # over a minute: each framework's worker and a bare loop, and the study's data path
 def test_the_training_bench_prints_each_ratio() -> None:
     done = subprocess.run(
         [sys.executable, "bench/bench_train.py", "--images", "64", "--epochs", "2", "--width", "16", "--workers", "1"],

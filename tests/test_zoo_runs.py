@@ -90,6 +90,7 @@ def test_zoo_models_train_one_epoch_as_processes(tmp_path: Path) -> None:
 
 
 @pytest.mark.docker
+@pytest.mark.slow  # a minute and a half: three zoo models, each in its framework's container
 def test_zoo_models_train_one_epoch_in_containers(tmp_path: Path) -> None:
     from test_docker import REQUIRE
 

@@ -1,7 +1,7 @@
 """Warm starts for the process executor: a run's worker forked, fresh, from a process that has already imported
 its framework, instead of a new interpreter importing it again (torch and torchvision: seconds a run).
 
-    python -m runner.execute.warm serve <socket> <framework>     # started on a node by the first run that needs it
+    python -m runner.execute.warm serve <name> <framework>     # started on a node by the first run that needs it
 
 The server imports the framework's trainer and nothing else of it: no tensor is made, no thread pool started,
 no device opened. Each request forks one child that becomes the worker: its own session (a cancel kills its
@@ -19,11 +19,13 @@ their own folder before anything else.
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import selectors
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -36,16 +38,34 @@ START_S = 120.0  # a server that does not listen by then (a cold import on a loa
 WARM_ENV = "GRIDRUN_WARM"  # "0": every run starts cold
 
 
-def socket_path(folder: Path, run_id: str, framework: str) -> Path:
-    """Where a run's server of a framework listens on this node; its pid is in the same name with .pid."""
-    return folder / f"{run_id}-{framework}.sock"
+def server_file(folder: Path, run_id: str, framework: str, node: int | None = None) -> Path:
+    """The name of a run's server of a framework for one Ray node, in this node's folder: with .pid its pid,
+    with .lock the lock of its start, with .log what it printed. Its socket is `address(...)` of that name.
+
+    The node is the asking process's parent (a Ray worker's raylet): nodes that share a folder (several on one
+    machine) have a server each, so a run never lives in another node's process tree."""
+    return folder / f"{run_id}-{framework}-{os.getppid() if node is None else node}"
 
 
-def server_pid(folder: Path, run_id: str, framework: str) -> int | None:
+def address(name: Path) -> str:
+    """An abstract socket (no file, so no path-length limit); both ends check that the other is this user."""
+    return "\0gridrun-warm-" + hashlib.sha256(str(name).encode()).hexdigest()[:32]
+
+
+def server_pid(folder: Path, run_id: str, framework: str, node: int | None = None) -> int | None:
     try:
-        return int(socket_path(folder, run_id, framework).with_suffix(".pid").read_text())
+        return int(server_file(folder, run_id, framework, node).with_suffix(".pid").read_text())
     except (OSError, ValueError):
         return None
+
+
+def same_user(conn: socket.socket) -> bool:
+    """Whether the process at the other end of `conn` runs as this user (Linux's SO_PEERCRED)."""
+    try:
+        _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    except OSError:
+        return False
+    return uid == os.getuid()
 
 
 # --- the client: the process executor's side ----------------------------------------------------------
@@ -89,14 +109,17 @@ class WarmChild:
             self.conn.close()
 
 
-def _connect(path: Path) -> socket.socket | None:
+def _connect(name: Path) -> socket.socket | None:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        conn.connect(str(path))
-        return conn
+        conn.connect(address(name))
     except OSError:
         conn.close()
         return None
+    if not same_user(conn):  # another user's process took the name: never send it a run's environment
+        conn.close()
+        return None
+    return conn
 
 
 def _server_env() -> dict[str, str]:
@@ -110,7 +133,7 @@ def connect(folder: Path, run_id: str, framework: str) -> socket.socket | None:
     """A connection to this node's server for (run, framework), started when there is none; None when it cannot
     be had (the caller starts the run cold)."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = socket_path(folder, run_id, framework)
+    path = server_file(folder, run_id, framework)
     conn = _connect(path)
     if conn is not None:
         return conn
@@ -120,7 +143,6 @@ def connect(folder: Path, run_id: str, framework: str) -> socket.socket | None:
         conn = _connect(path)
         if conn is not None:
             return conn
-        path.unlink(missing_ok=True)
         server = subprocess.Popen(
             [sys.executable, "-m", "runner.execute.warm", "serve", str(path), framework],
             stdin=subprocess.DEVNULL,
@@ -207,7 +229,7 @@ def _become_worker(request: dict, keep: list[int], title: Any) -> None:
 
 
 def serve(path: Path, framework: str) -> None:
-    """Import the framework's trainer, listen on `path`, fork a worker per request until idle."""
+    """Import the framework's trainer, listen at `path`'s address, fork a worker per request until idle."""
     from runner.train import frameworks, worker  # noqa: F401  (the imports are the point)
 
     frameworks.get(framework)
@@ -218,11 +240,7 @@ def serve(path: Path, framework: str) -> None:
     except ImportError:
         title = None
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)  # the socket is this user's alone
-    try:
-        listener.bind(str(path))
-    finally:
-        os.umask(old)
+    listener.bind(address(path))
     listener.listen(64)
     path.with_suffix(".pid").write_text(str(os.getpid()))
     selector = selectors.DefaultSelector()
@@ -237,6 +255,9 @@ def serve(path: Path, framework: str) -> None:
                 sock = key.fileobj
                 if sock is listener:
                     conn, _ = listener.accept()
+                    if not same_user(conn):  # only this user's runs are forked
+                        conn.close()
+                        continue
                     pending[conn] = b""
                     selector.register(conn, selectors.EVENT_READ)
                     continue
@@ -291,13 +312,11 @@ def serve(path: Path, framework: str) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
-            path.unlink()
-        with contextlib.suppress(OSError):
             path.with_suffix(".pid").unlink()
         listener.close()
 
 
 if __name__ == "__main__":
     if len(sys.argv) != 4 or sys.argv[1] != "serve":
-        raise SystemExit("usage: python -m runner.execute.warm serve <socket> <framework>")
+        raise SystemExit("usage: python -m runner.execute.warm serve <name> <framework>")
     serve(Path(sys.argv[2]), sys.argv[3])
