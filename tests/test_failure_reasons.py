@@ -5,6 +5,7 @@ task that failed before any log was written says so, in plain text.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from jobhelp import descendants
 
 from runner.store.layout import JobPaths
 
@@ -33,16 +33,19 @@ jobs:
 pytestmark = pytest.mark.runs  # every test reads one real failed run
 
 
-def _worker_of(root: int, job_dir: Path) -> int | None:
-    """The pid of the training worker of `job_dir` among the descendants of `root`."""
-    for pid in descendants(root):
-        try:  # a warm-started worker's title is one string; a cold one's, its arguments
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").split()
-        except OSError:
-            continue
-        if b"runner.train.worker" in argv and str(job_dir).encode() in argv:
-            return pid
-    return None
+def _worker_of(job_dir: Path) -> int | None:
+    """The pid of the training worker of `job_dir`, as its log's first line gives it (a warm-started worker is
+    its server's child, not the driver's descendant), once that process is the worker of this job."""
+    log = job_dir / "log.txt"
+    found = re.search(r", pid (\d+)\n", log.read_text(errors="replace")) if log.is_file() else None
+    if found is None:
+        return None
+    pid = int(found.group(1))
+    try:  # a warm-started worker's title is one string; a cold one's, its arguments
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").split()
+    except OSError:
+        return None
+    return pid if b"runner.train.worker" in argv and str(job_dir).encode() in argv else None
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +68,7 @@ def failed_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and driver.poll() is None:
             progress = json.loads(killed.progress.read_text()) if killed.progress.is_file() else {}
-            pid = _worker_of(driver.pid, killed.dir) if progress.get("epoch", 0) >= 1 else None
+            pid = _worker_of(killed.dir) if progress.get("epoch", 0) >= 1 else None
             if pid is not None:
                 os.kill(pid, signal.SIGSTOP)  # between epochs no more: progress.json now says what it finished
                 finished = json.loads(killed.progress.read_text())["epoch"]

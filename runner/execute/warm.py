@@ -143,24 +143,50 @@ def connect(folder: Path, run_id: str, framework: str) -> socket.socket | None:
         conn = _connect(path)
         if conn is not None:
             return conn
-        server = subprocess.Popen(
-            [sys.executable, "-m", "runner.execute.warm", "serve", str(path), framework],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(path.with_suffix(".log"), "ab"),  # noqa: SIM115  (the child holds it, not us)
-            env=_server_env(),
-            cwd=str(Path(__file__).resolve().parents[2]),
-            start_new_session=True,  # no Ctrl-C of a terminal reaches it; no one run's Ray worker owns it
-        )
+        server = _spawn(path, framework)
         deadline = time.monotonic() + START_S
-        while time.monotonic() < deadline and server.poll() is None:
+        while time.monotonic() < deadline and server is not None and _running(server):
             conn = _connect(path)
             if conn is not None:
                 return conn
             time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            server.kill()
+        if server is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server, signal.SIGKILL)
         return None
+
+
+# Run by a short-lived go-between, so that the server is nobody's child: Ray kills a worker's children when the
+# worker exits (RAY_kill_child_processes_on_worker_exit), and the worker that started a server may end long
+# before the runs the server forks for other workers.
+_SPAWN = """
+import subprocess, sys
+log = open(sys.argv[1], "ab")
+server = subprocess.Popen(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
+                          start_new_session=True)
+print(server.pid, flush=True)
+"""
+
+
+def _spawn(name: Path, framework: str) -> int | None:
+    """Start the server of `name` through a go-between that exits at once; its pid, or None."""
+    cmd = [sys.executable, "-c", _SPAWN, str(name.with_suffix(".log")),
+           sys.executable, "-m", "runner.execute.warm", "serve", str(name), framework]  # fmt: skip
+    try:
+        done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=_server_env(),
+                              cwd=str(Path(__file__).resolve().parents[2]), timeout=60)  # fmt: skip
+        return int(done.stdout.strip())
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not): it is not this process's child, so it cannot be waited for."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 def start(conn: socket.socket, argv: list[str], env: dict[str, str], log: Path) -> WarmChild | None:
