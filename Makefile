@@ -21,7 +21,7 @@ run-all: setup
 	$(GRIDRUN) run jobs/alexnet-challenge.yaml --results $(RESULTS)
 
 # Every test but the minute-long scenarios (marked slow): real Ray clusters, Docker, an S3 API, TensorBoard,
-# Chromium; two at a time (xdist). About 10 minutes on two cores.
+# Chromium; two at a time (xdist). About 13 minutes on two cores.
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -ra -n $(TEST_WORKERS) --dist worksteal --durations=30
 test: setup
