@@ -21,13 +21,14 @@ run-all: setup
 	$(GRIDRUN) run jobs/alexnet-challenge.yaml --results $(RESULTS)
 
 # Every test but the minute-long scenarios (marked slow): real Ray clusters, Docker, an S3 API, TensorBoard,
-# Chromium; two at a time (xdist). About 13 minutes on two cores.
+# Chromium; two at a time (xdist). About 9 minutes on two cores.
 TEST_WORKERS ?= 2
 PYTEST := $(BIN)/python -m pytest -ra -n $(TEST_WORKERS) --dist worksteal --durations=30
 test: setup
 	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
-# The minute-long scenarios alone: searches with Ctrl-C, framework parity, zoo models in containers, the benches.
+# The minute-long scenarios alone: searches with Ctrl-C, framework parity, zoo models in containers, multi-node
+# clusters, kill-and-resume on object storage, a cancelled submission, the benches.
 test-slow: setup
 	$(PYTEST) -m slow $(PYTEST_ARGS)
 

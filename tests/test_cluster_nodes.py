@@ -28,7 +28,7 @@ from runner.train import torch_models
 from runner.train.weights import imagenet_path
 from schemas import JobState, ModelSpec
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]  # a multi-node Ray cluster: 30-60 s a test
 
 TOKEN = "gridrun-test-token-" + "7" * 24
 SUITE = """\

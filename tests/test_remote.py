@@ -114,6 +114,7 @@ def test_submit_jobs_logs_and_fetch_with_the_token(head, tmp_path: Path) -> None
             assert not path.is_file() or TOKEN.encode() not in path.read_bytes(), path
 
 
+@pytest.mark.slow  # a submitted suite started and cancelled: about 40 s
 def test_cancel_stops_a_submitted_suite_and_marks_its_runs(head, tmp_path: Path) -> None:
     sub = gridrun("submit", str(suite_file(tmp_path, "stopped", 400)), "--address", head.jobs_api,
                   "--executor", "process", env=env_of(head))  # fmt: skip

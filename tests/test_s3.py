@@ -138,6 +138,7 @@ def test_a_second_run_skips(smoke) -> None:
     assert len(re.findall(r"smoke/smoke-\w+ +│ skipped", again.stdout)) == 2, again.stdout
 
 
+@pytest.mark.slow  # a run killed mid-way and run again: about 45 s
 def test_a_killed_run_resumes_from_the_checkpoint_in_the_bucket(s3server: S3Server, tmp_path: Path) -> None:
     s3server.make_bucket("resume-bucket")
     suite = tmp_path / "long.yaml"
