@@ -148,7 +148,10 @@ def run_overhead(tmp: Path, framework: str, executor: str, warm_start: bool = Fa
             walls.append(wall)
             extras.append(wall - timing["train_seconds"] - timing["eval_seconds"])
     finally:
-        os.environ.pop(warm.WARM_ENV) if saved is None else os.environ.__setitem__(warm.WARM_ENV, saved)
+        if saved is None:
+            del os.environ[warm.WARM_ENV]
+        else:
+            os.environ[warm.WARM_ENV] = saved
     imported = import_seconds(framework, executor)
     extra = min(extras)
     target = 1.5 if executor == "process" else 2.5

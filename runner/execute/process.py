@@ -22,6 +22,8 @@ from runner.execute.base import (
     worker_command,
     worker_env,
 )
+from runner.store import node_dir
+from schemas.registry import FRAMEWORKS
 
 _PR_SET_PDEATHSIG = 1
 POLL_S = 0.25
@@ -57,9 +59,6 @@ def _kill_group(proc: Worker, grace: float = 5.0) -> None:
 
 def _warm_start(launch: Launch, cmd: list[str], env: dict[str, str], log) -> "warm.WarmChild | None":
     """The worker forked by this node's server of its framework, when the framework allows it; else None."""
-    from runner.store import node_dir
-    from schemas.registry import FRAMEWORKS
-
     spec_file = launch.spec_file
     framework = FRAMEWORKS.get(spec_file.spec.framework)
     if framework is None or not framework.forkable or spec_file.code or os.environ.get(warm.WARM_ENV) == "0":

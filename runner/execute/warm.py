@@ -74,10 +74,10 @@ def same_user(conn: socket.socket) -> bool:
 class WarmChild:
     """A worker forked by the server, waited for over the connection as a Popen is (pid, wait)."""
 
-    def __init__(self, conn: socket.socket, pid: int) -> None:
+    def __init__(self, conn: socket.socket, pid: int, received: bytes = b"") -> None:
         self.conn, self.pid = conn, pid
         self.returncode: int | None = None
-        self._buffer = b""
+        self._buffer = received  # what the server sent after the pid
 
     def wait(self, timeout: float | None = None) -> int:
         """The exit status; subprocess.TimeoutExpired after `timeout`, as Popen.wait."""
@@ -205,9 +205,7 @@ def start(conn: socket.socket, argv: list[str], env: dict[str, str], log: Path) 
         conn.close()
         return None
     first, rest = reply.split(b"\n", 1)
-    child = WarmChild(conn, int(json.loads(first)["pid"]))
-    child._buffer = rest
-    return child
+    return WarmChild(conn, int(json.loads(first)["pid"]), rest)
 
 
 # --- the server --------------------------------------------------------------------------------------

@@ -3,10 +3,10 @@
 Text may hold **bold** spans, the one markup every renderer understands.
 """
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from runner.store.layout import atomic_path
 
 MISSING = "—"
 
@@ -105,12 +105,6 @@ Block = Table | Figure | str | list[Figure] | list[Chart] | Chart | Heatmap | Sw
 
 
 def write_text(path: Path, text: str) -> None:
-    """Atomic, like every file of the results folder: a browser never shows half a page."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Atomic, like every file of the results folder (store.layout.atomic_path): a browser never shows half a page."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")

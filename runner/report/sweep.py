@@ -29,6 +29,7 @@ from runner.report.document import (
     write_text,
 )
 from runner.report.plots import slug
+from runner.report.render import html_page
 from runner.report.runs import Run
 from runner.report.tables import Label, dataset_label, framework_name, weights_label
 
@@ -48,9 +49,15 @@ def _flat(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix[:-1], json.dumps(value) if isinstance(value, list) else value
 
 
-def varied_fields(runs: list[Run]) -> list[str]:
-    """Dotted spec fields whose value is not the same in every run (absent counts as a value), in spec order."""
-    flat = [dict(_flat(r.spec.model_dump(mode="json"))) for r in runs if r.spec is not None]
+def flat_specs(runs: list[Run]) -> list[dict[str, Any]]:
+    """Each run's spec as dotted fields ({} for a run without a spec)."""
+    return [dict(_flat(r.spec.model_dump(mode="json"))) if r.spec is not None else {} for r in runs]
+
+
+def varied_fields(runs: list[Run], flat: list[dict[str, Any]]) -> list[str]:
+    """Dotted spec fields whose value is not the same in every run (absent counts as a value), in spec order;
+    `flat` is flat_specs(runs)."""
+    flat = [f for r, f in zip(runs, flat, strict=True) if r.spec is not None]
     keys = list(dict.fromkeys(k for f in flat for k in f if k not in _DESCRIBED))
     return [k for k in keys if len({json.dumps(f.get(k, "\0absent")) for f in flat}) > 1][:MAX_VARIED]
 
@@ -66,8 +73,8 @@ def _column(key: str, label: str, kind: str = "text", fmt: str = "") -> dict[str
 
 def sweep_block(runs: list[Run], label: Label, page_of: dict[int, str]) -> Sweep:
     """The data of the interactive view, and the same table as plain rows for Markdown and the terminal."""
-    varied = varied_fields(runs)
-    values_of = [dict(_flat(r.spec.model_dump(mode="json"))) if r.spec is not None else {} for r in runs]
+    values_of = flat_specs(runs)
+    varied = varied_fields(runs, values_of)
     columns = [
         _column("job", "Job"), _column("state", "Status"), _column("framework", "Framework"),
         _column("model", "Model"), _column("weights", "Weights"), _column("dataset", "Dataset"),
@@ -209,8 +216,6 @@ def page_name(label: str) -> str:
 def write_run_pages(runs: list[Run], label: Label, folder: Path, title: str, home: str) -> list[Path]:
     """A page per run into `folder`, each linking to `home`; only pages whose text changed are written, and
     pages of runs no longer there are removed (the folder too, when none is left)."""
-    from runner.report.render import html_page
-
     if not runs and not folder.is_dir():
         return []
     folder.mkdir(parents=True, exist_ok=True)
