@@ -64,6 +64,8 @@ MAX_WIDTH = 16_384  # classifier_width: a 16384 x 16384 dense layer alone holds 
 MAX_EPOCHS = 10_000
 MAX_CUSTOM = 1_000_000  # Ray keeps resource amounts as fixed-point integers
 MAX_MEMORY_GB = 65_536  # 64 TiB
+MAX_REPLICAS = 256  # data-parallel replicas on one node
+MAX_NODES = 1024
 MAX_TIMEOUT_MINUTES = 100_000  # about 69 days: finite, so deadlines and timers stay representable
 
 
@@ -313,7 +315,22 @@ class ResourcesSpec(Strict):
         "build, a Docker daemon without the NVIDIA runtime): cpu = train on the CPU, announced and recorded. "
         "Without it such a job fails at its start, naming the cause.",
     )
-    cpus: float = Field(1, gt=0, le=1024, description="CPU cores.")
+    cpus: float = Field(1, gt=0, le=1024, description="CPU cores (on each node, shared by its replicas).")
+    replicas: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_REPLICAS,
+        description="Data-parallel replicas on each node. With gpus: N there is one per GPU (leave this unset, "
+        "or equal to gpus); with gpus: 0 they are CPU replicas (gloo for PyTorch, logical CPU devices for "
+        "TensorFlow) sharing the job's cpus, for testing and CPU clusters.",
+    )
+    nodes: int = Field(
+        1,
+        ge=1,
+        le=MAX_NODES,
+        description="Nodes one job trains across, each holding the job's gpus, cpus and memory and running its "
+        "replicas (Ray places one bundle per node, on distinct nodes). train.batch_size stays the global batch.",
+    )
     memory_gb: float | None = Field(None, gt=0, le=MAX_MEMORY_GB, description="Host memory limit in GiB.")
     timeout_minutes: float | None = Field(
         None, gt=0, le=MAX_TIMEOUT_MINUTES, description="Stop the run after this long."
@@ -331,9 +348,38 @@ class ResourcesSpec(Strict):
     )
 
     @property
+    def per_node(self) -> int:
+        """Replicas on each node: one per whole GPU, else `replicas` (1 when unset)."""
+        return int(self.gpus) if self.gpus >= 1 else (self.replicas or 1)
+
+    @property
+    def world(self) -> int:
+        """Data-parallel replicas in all: every node's."""
+        return self.per_node * self.nodes
+
+    @property
     def threads(self) -> int:
-        """Compute threads a run may use: the CPUs it reserved, rounded down, at least one."""
-        return max(1, int(self.cpus))
+        """Compute threads each replica may use: its share of the CPUs reserved, rounded down, at least one."""
+        return max(1, int(self.cpus) // self.per_node)
+
+    @model_validator(mode="after")
+    def _check_replicas(self) -> "ResourcesSpec":
+        if 0 < self.gpus < 1 and (self.nodes > 1 or (self.replicas or 1) > 1):
+            raise ValueError(
+                f"gpus {self.gpus:g} is a share of one GPU, which cannot hold {self.world} data-parallel replicas: "
+                "use whole GPUs (gpus: 1 or more, one replica each), or gpus: 0 with replicas for CPU replicas"
+            )
+        if self.gpus >= 1 and self.replicas is not None and self.replicas != int(self.gpus):
+            raise ValueError(
+                f"replicas {self.replicas} with gpus {int(self.gpus)}: a job with GPUs runs one replica per GPU. "
+                f"Fix: drop replicas, or set gpus: {self.replicas}"
+            )
+        if self.gpus == 0 and self.per_node > int(self.cpus):
+            raise ValueError(
+                f"replicas {self.per_node} on cpus {self.cpus:g}: each CPU replica needs a core of its own. "
+                f"Fix: set cpus: {self.per_node} or more, or fewer replicas"
+            )
+        return self
 
     @model_validator(mode="after")
     def _whole_gpus_above_one(self) -> "ResourcesSpec":
@@ -403,6 +449,15 @@ class JobSpec(Strict):
                 f"image {excerpt(self.image)} is not a Docker image reference: use letters, digits and "
                 "'.', '_', '-', ':', '/', '@' (e.g. registry.example.com/team/gridrun-torch:1.0)",
                 self.image,
+            )
+        world = self.resources.world
+        if world > 1 and self.train.batch_size % world:
+            fits = max(world, self.train.batch_size // world * world)
+            problems.add(
+                "train.batch_size",
+                f"batch_size {self.train.batch_size} (the global batch) does not split evenly over {world} "
+                f"replicas. Fix: a multiple of {world}, e.g. {fits}",
+                self.train.batch_size,
             )
         self._check_weights(problems)
         problems.raise_any()

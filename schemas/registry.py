@@ -48,6 +48,9 @@ class Framework:
     packages: tuple[str, ...] = ()  # its distributions, whose versions are part of a run's identity
     colour: str = ""  # its bars in the report's plots ("" picks one)
     forkable: bool = False  # a process that imported its trainer may fork runs (runner.execute.warm)
+    # Data-parallel jobs: one process per replica, started by torch.distributed.run (torchrun), or else one
+    # process per node holding all of that node's replicas (tf.distribute's strategies).
+    process_per_replica: bool = False
 
 
 FRAMEWORKS: dict[str, Framework] = {
@@ -68,6 +71,7 @@ FRAMEWORKS: dict[str, Framework] = {
             colour="#ee4c2c",
             # Importing torch starts no runtime: CUDA and the thread pools start at first use, in each run.
             forkable=True,
+            process_per_replica=True,
         ),
         Framework(
             "tensorflow",

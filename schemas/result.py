@@ -90,6 +90,9 @@ class Environment(Strict):
     image_digest: str = Field("", description="Docker image id.")
     libraries: dict[str, str] = Field(default_factory=dict, description="Other library versions.")
     limits: Limits = Field(default_factory=Limits, description="Threads, CPU quota and memory limits it ran under.")
+    replicas: int = Field(1, ge=1, description="Data-parallel replicas it trained with, all nodes together.")
+    nodes: int = Field(1, ge=1, description="Nodes those replicas ran on.")
+    parallel: str = Field("", description="How the replicas trained together, e.g. DDP over gloo; '' for one.")
 
 
 class RunResult(Measured):

@@ -89,8 +89,23 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def workers(ids: set[str]) -> list[int]:
-    return [pid for run in ids for pid in marked(run) if "runner.train.worker" in _cmdline(pid)]
+    """The runs' workers: marked, or forked by a marked warm server (a forked worker's title hides its mark)."""
+    found = set()
+    for run in ids:
+        mine = set(marked(run))
+        for entry in Path("/proc").glob("[0-9]*"):
+            pid = int(entry.name)
+            if (pid in mine or _parent(pid) in mine) and "runner.train.worker" in _cmdline(pid):
+                found.add(pid)
+    return sorted(found)
 
 
 def containers(ids: set[str]) -> list:

@@ -49,7 +49,9 @@ def test_fit_names_what_is_missing(loaded) -> None:
     job = loaded.jobs()[0].model_copy(deep=True)
     assert fit_problem(job, NODES) == ""
     job.resources.gpus = 3
-    assert fit_problem(job, NODES) == "needs 3 GPU(s) and 1 CPU(s); the largest node has 2 GPU(s) and 8 CPU(s)"
+    assert fit_problem(job, NODES) == (
+        "needs 3 GPU(s) and 1 CPU(s) for its 3 replicas; the largest node has 2 GPU(s) and 8 CPU(s)"
+    )
 
 
 def test_unfit_job_refuses_the_whole_plan_before_anything_is_written(loaded, tmp_path: Path) -> None:

@@ -143,6 +143,22 @@ def test_a_lock_that_created_the_folders_leaves_none_when_nothing_was_run(tmp_pa
     assert not (tmp_path / "new").exists()
 
 
+STOPS = [(signal.SIGTERM, 143, "stopped by SIGTERM"), (signal.SIGINT, 130, "interrupted")]
+
+
+@pytest.mark.parametrize("sig, code, line", STOPS)
+def test_a_stop_while_the_command_still_imports_exits_with_its_code_and_no_traceback(
+    tmp_path: Path, sig: int, code: int, line: str
+) -> None:
+    # The command line takes a second or more to import on a busy machine; a signal then is a stop like any other.
+    started = start(tmp_path, write_suite(tmp_path, 1))
+    time.sleep(0.15)
+    started.send_signal(sig)
+    out, _ = started.communicate(timeout=60)
+    assert started.returncode == code, out
+    assert line in out and "Traceback" not in out
+
+
 @pytest.mark.runs
 def test_a_lease_on_object_storage_refuses_a_second_driver_and_lapses_when_its_holder_dies(
     s3server: S3Server, monkeypatch: pytest.MonkeyPatch

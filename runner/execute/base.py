@@ -1,5 +1,8 @@
 """The executor seam: how one run's worker is started, watched and stopped."""
 
+import contextlib
+import ctypes
+import json
 import os
 import signal
 import socket
@@ -10,8 +13,21 @@ from pathlib import Path
 from typing import ClassVar
 
 from runner.store.layout import JobPaths, read_json
+from runner.train.common import DATA_PARALLEL_ENV
 from runner.train.usercode import CODE_ENV
 from schemas import SpecFile
+from schemas.registry import FRAMEWORKS
+
+
+@dataclass(frozen=True)
+class Group:
+    """One node's part in a job that trains across nodes: its rank among them, the first node's rendezvous
+    address (torchrun's master) and every node's worker address in rank order (TensorFlow's TF_CONFIG)."""
+
+    node_rank: int = 0
+    master: str = ""
+    port: int = 0
+    peers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -25,10 +41,15 @@ class Launch:
     gpu_ids: list[str] = field(default_factory=list)
     # Set from outside (a search's scheduler stopping a trial early): the executor ends the worker at once.
     stop: threading.Event | None = None
+    group: Group = field(default_factory=Group)
 
     @property
     def stop_asked(self) -> bool:
         return self.stop is not None and self.stop.is_set()
+
+    @property
+    def world(self) -> int:
+        return self.spec_file.spec.resources.world
 
     @property
     def gpu_fraction(self) -> float:
@@ -85,6 +106,16 @@ def signal_reason(signum: int, paths: JobPaths, epochs: int, who: str = "worker"
     return f"{who} {how} {name} (signal {signum}) {epoch_reached(paths, epochs)}"
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a worker: get SIGKILL when the process that started it (a Ray worker, a warm server) dies, so no run
+    is orphaned."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: a cancel still kills the process group
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def code_env(folder: str, pythonpath: str = "") -> dict[str, str]:
     """The variables that put the suite's code: folder first on the worker's import path, and name it."""
     return {"PYTHONPATH": os.pathsep.join([folder, *([pythonpath] if pythonpath else [])]), CODE_ENV: folder}
@@ -102,9 +133,21 @@ def code_problem(launch: Launch) -> str:
     )
 
 
-def worker_command(python: str, job_dir: Path | str, cache: Path | str) -> list[str]:
-    """The worker's command line, as an argument list (never a shell string)."""
-    return [python, "-m", "runner.train.worker", str(job_dir), "--cache", str(cache)]
+def worker_command(python: str, job_dir: Path | str, cache: Path | str, launch: Launch | None = None) -> list[str]:
+    """The worker's command line, as an argument list (never a shell string). A data-parallel job of a framework
+    with a process per replica starts them with torchrun: on one node standalone, across nodes at the first
+    node's address; torchrun ends all of a node's replicas when one fails."""
+    worker = ["-m", "runner.train.worker", str(job_dir), "--cache", str(cache)]
+    if launch is None or launch.world == 1 or not FRAMEWORKS[launch.spec_file.spec.framework].process_per_replica:
+        return [python, *worker]
+    res, group = launch.spec_file.spec.resources, launch.group
+    if res.nodes == 1:
+        where = ["--standalone"]
+    else:
+        where = ["--nnodes", str(res.nodes), "--node-rank", str(group.node_rank)]
+        where += ["--master-addr", group.master, "--master-port", str(group.port)]
+    return [python, "-m", "torch.distributed.run", *where, "--nproc-per-node", str(res.per_node), "--max-restarts",
+            "0", *worker]  # fmt: skip
 
 
 def worker_env(launch: Launch, executor: str) -> dict[str, str]:
@@ -118,7 +161,26 @@ def worker_env(launch: Launch, executor: str) -> dict[str, str]:
         # Keep OpenMP (torch, oneDNN) within what the run reserved; the trainers size their own pools the same.
         "OMP_NUM_THREADS": str(launch.spec_file.spec.resources.threads),
         "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        **parallel_env(launch),
     }
+
+
+def parallel_env(launch: Launch) -> dict[str, str]:
+    """A data-parallel job's variables: that it is one, and TensorFlow's cluster of one worker per node."""
+    if launch.world == 1:
+        return {}
+    env = {DATA_PARALLEL_ENV: "1"}
+    if launch.spec_file.spec.resources.nodes == 1 or launch.group.master.startswith("127."):
+        # All replicas on this machine: their collectives over loopback, which a container without network has.
+        env |= {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}
+    if launch.spec_file.spec.resources.nodes > 1 and launch.group.peers:
+        env["TF_CONFIG"] = json.dumps(
+            {
+                "cluster": {"worker": list(launch.group.peers)},
+                "task": {"type": "worker", "index": launch.group.node_rank},
+            }
+        )
+    return env
 
 
 class Executor(ABC):

@@ -222,7 +222,7 @@ def container_config(
     suite, job = launch.spec_file.suite, launch.spec_file.job
     return {
         "image": image,
-        "command": worker_command(python, job_in, CACHE_IN),
+        "command": worker_command(python, job_in, CACHE_IN, launch),
         "name": _safe(f"gridrun-{suite}-{job}-{secrets.token_hex(3)}"),
         "user": user,
         "environment": env,
@@ -235,7 +235,8 @@ def container_config(
             OWNER_LABEL: _owner(),
         },
         "mounts": mounts,
-        "network_mode": "none",  # downloads happened in the prepare step
+        # Downloads happened in the prepare step; a job across nodes needs the network for its collectives.
+        "network_mode": "host" if spec.resources.nodes > 1 else "none",
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
         # The CPUs it reserved as a CFS quota: the container cannot take the cores Ray gave other jobs.

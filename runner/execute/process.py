@@ -1,7 +1,5 @@
 """Executor `process`: the worker as a child process with the host's Python."""
 
-import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -16,6 +14,7 @@ from runner.execute.base import (
     Outcome,
     code_env,
     code_problem,
+    die_with_parent,
     epoch_reached,
     signal_reason,
     stopped_on_request,
@@ -25,7 +24,6 @@ from runner.execute.base import (
 from runner.store import node_dir
 from schemas.registry import FRAMEWORKS
 
-_PR_SET_PDEATHSIG = 1
 POLL_S = 0.25
 Worker = subprocess.Popen[bytes] | warm.WarmChild
 
@@ -35,12 +33,6 @@ def _wait(proc: Worker, seconds: float) -> int | None:
         return proc.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
         return None
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL if the Ray worker that started us dies, so no run is orphaned."""
-    with contextlib.suppress(OSError, AttributeError):  # not Linux: a cancel still kills the process group
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _kill_group(proc: Worker, grace: float = 5.0) -> None:
@@ -61,7 +53,8 @@ def _warm_start(launch: Launch, cmd: list[str], env: dict[str, str], log) -> "wa
     """The worker forked by this node's server of its framework, when the framework allows it; else None."""
     spec_file = launch.spec_file
     framework = FRAMEWORKS.get(spec_file.spec.framework)
-    if framework is None or not framework.forkable or spec_file.code or os.environ.get(warm.WARM_ENV) == "0":
+    cold = spec_file.code or launch.world > 1 or os.environ.get(warm.WARM_ENV) == "0"  # torchrun starts replicas
+    if framework is None or not framework.forkable or cold:
         return None
     conn = warm.connect(Path(node_dir()) / "warm", launch.run_id, framework.name)
     if conn is None:
@@ -84,7 +77,7 @@ class ProcessExecutor(Executor):
         problem = code_problem(launch)
         if problem:
             return Outcome(2, problem)
-        cmd = worker_command(sys.executable, launch.paths.dir, launch.cache)
+        cmd = worker_command(sys.executable, launch.paths.dir, launch.cache, launch)
         # The training code has no use for the cluster's token: it must not be able to print it into a log.
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")},
@@ -104,7 +97,7 @@ class ProcessExecutor(Executor):
                     stderr=subprocess.STDOUT,
                     env=env,
                     start_new_session=True,  # its own process group, so a cancel reaches its children
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )
             deadline = time.monotonic() + launch.timeout_s if launch.timeout_s else None
             try:

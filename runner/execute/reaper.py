@@ -70,13 +70,19 @@ def release(proc: subprocess.Popen[bytes] | None) -> None:
 def marked(run_id: str) -> list[int]:
     """Pids of the processes carrying run `run_id`'s mark (Linux: /proc; elsewhere none are found)."""
     needle = f"{MARK}={run_id}".encode()
+    # A warm server's environment no longer shows the mark once setproctitle has taken its room; its command
+    # line names its run (runner.execute.warm.server_file), and its workers die with it (PR_SET_PDEATHSIG).
+    server = b"runner.execute.warm serve "
+    name = f"/{run_id}-".encode()
     found = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
             env = (entry / "environ").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:  # gone, or not ours to read
             continue
-        if needle in env.split(b"\0") and int(entry.name) != os.getpid():
+        ours = needle in env.split(b"\0") or (server in cmdline and name in cmdline)
+        if ours and int(entry.name) != os.getpid():
             found.append(int(entry.name))
     return found
 

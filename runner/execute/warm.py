@@ -33,6 +33,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from runner.execute.base import die_with_parent
+
 IDLE_S = 60.0  # a sweep asks again within seconds; a server holds about 1 GB
 START_S = 120.0  # a server that does not listen by then (a cold import on a loaded node) is given up on
 WARM_ENV = "GRIDRUN_WARM"  # "0": every run starts cold
@@ -211,11 +213,16 @@ def start(conn: socket.socket, argv: list[str], env: dict[str, str], log: Path) 
 # --- the server --------------------------------------------------------------------------------------
 
 
-def _become_worker(request: dict, keep: list[int], title: Any) -> None:
+def _become_worker(request: dict, keep: list[int], title: Any, server: int) -> None:
     """In the forked child: the worker's session, environment, streams and argv; runs it, then exits."""
     code = 1
     try:
         os.setsid()
+        # A server killed outright (SIGKILL, the driver's watchdog) takes its children along: the title below
+        # overwrites the run mark in this process's environment, so the watchdog would not find them itself.
+        die_with_parent()
+        if os.getppid() != server:  # it died before that took effect
+            os._exit(1)
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGPIPE):
             signal.signal(sig, signal.SIG_DFL)
         for fd in keep:
@@ -307,9 +314,10 @@ def serve(path: Path, framework: str) -> None:
                 request = json.loads(pending.pop(sock).split(b"\n", 1)[0])
                 keep = [listener.fileno(), selector.fileno(), *(c.fileno() for c in children.values()),
                         *(c.fileno() for c in pending)]  # fmt: skip
+                server = os.getpid()
                 pid = os.fork()
                 if pid == 0:
-                    _become_worker(request, [*keep, sock.fileno()], title)
+                    _become_worker(request, [*keep, sock.fileno()], title, server)
                 children[pid] = sock
                 with contextlib.suppress(OSError):
                     sock.sendall(json.dumps({"pid": pid}).encode() + b"\n")

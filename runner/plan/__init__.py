@@ -81,11 +81,19 @@ def placement(spec: JobSpec) -> str:
 def fit_problem(spec: JobSpec, nodes: list[Node]) -> str:
     """'' when some node can hold the job, else why none can."""
     res = spec.resources
-    if any(_fits(res, n) for n in nodes):
+    holding = sum(1 for n in nodes if _fits(res, n))
+    if holding >= res.nodes:
         return ""
     best_gpu = max((n.gpus for n in nodes), default=0)
     best_cpu = max((n.cpus for n in nodes), default=0)
     needs = f"{res.gpus:g} GPU(s) and {res.cpus:g} CPU(s)" + (f" and {res.memory_gb:g} GiB" if res.memory_gb else "")
+    if res.nodes == 1 and res.world > 1:
+        needs += f" for its {res.world} replicas"
+    if holding:  # some nodes can hold a part, not as many as it spans
+        return (
+            f"needs {res.nodes} distinct nodes with {needs} each; {holding} of the cluster's {len(nodes)} node(s) can. "
+            f"Fix: resources.nodes: {holding} or less, or add nodes"
+        )
     if not res.custom and not res.labels:
         return f"needs {needs}; the largest node has {best_gpu:g} GPU(s) and {best_cpu:g} CPU(s)"
     offered = "; ".join(
@@ -213,6 +221,10 @@ def plan_table(plan: list[PlannedJob], title: str) -> Table:
             weights += " (frozen)"
         subs = "\n".join(f"[yellow]{x.kind}: {x.used} for {x.wanted}[/]" for x in p.substitutions)
         res = f"{s.resources.gpus:g} GPU, {s.resources.cpus:g} CPU"
+        if s.resources.nodes > 1:
+            res += f" per node\n[blue]{s.resources.world} replicas on {s.resources.nodes} nodes[/]"
+        elif s.resources.world > 1:
+            res += f"\n[blue]{s.resources.world} replicas[/]"
         if placement(s):
             res += f"\n[magenta]on {placement(s)}[/]"
         colour = {"run": "green", "skip": "cyan", "fail": "red"}[p.action]

@@ -61,6 +61,13 @@ def rate(x: float | None) -> str:
     return MISSING if x is None else f"{x:,.0f}"
 
 
+def speed(result) -> str:
+    """A run's images/s, and each replica's share when it trained data-parallel: '1,200 (600 a replica, 2)'."""
+    replicas = result.environment.replicas
+    total = rate(result.images_per_second)
+    return total if replicas == 1 else f"{total} ({rate(result.images_per_second / replicas)} a replica, {replicas})"
+
+
 def duration(seconds: float | None) -> str:
     """12.3 s, 4 min 05 s, 2 h 03 min."""
     if seconds is None:

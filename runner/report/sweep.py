@@ -25,7 +25,7 @@ from runner.report.document import (
     count,
     duration,
     pct,
-    rate,
+    speed,
     write_text,
 )
 from runner.report.plots import slug
@@ -171,7 +171,7 @@ def run_page(run: Run, title: str, base: Path) -> Document:
             ("Parameters", f"{count(result.trainable_parameters)} trainable of {count(result.total_parameters)}"),
             ("Wall time", f"{duration(t.total_seconds)}: data {duration(t.data_seconds)}, "
                           f"training {duration(t.train_seconds)}, evaluation {duration(t.eval_seconds)}"),
-            ("Images/s", rate(result.images_per_second)),
+            ("Images/s", speed(result)),
             ("Device", f"{env.device} {env.device_name}".strip()),
         ]  # fmt: skip
         if env.limits.cpu_threads is not None:

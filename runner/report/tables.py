@@ -5,7 +5,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.report.document import MISSING, Cell, Table, count, duration, pct, rate
+from runner.report.document import MISSING, Cell, Table, count, duration, pct, rate, speed
 from runner.report.runs import PROBLEM_STATES, Run
 from schemas import JobSpec, RunResult, Substitution
 from schemas.registry import FRAMEWORKS, ZOOS, model_ref, same_name
@@ -85,7 +85,7 @@ def summary_table(runs: list[Run], label: Label) -> Table:
                 Cell(str(done) if done == planned else f"{done} of {planned}", numeric=True),
                 Cell(count(result.trainable_parameters), numeric=True),
                 Cell(duration(result.timing.total_seconds), i in fastest, True),
-                Cell(rate(result.images_per_second), i in quickest, True),
+                Cell(speed(result), i in quickest, True),
                 Cell(pct(result.final_test_accuracy), i in best_final, True),
                 Cell(str(result.best_epoch), numeric=True),
                 Cell(pct(result.best_test_accuracy), i in best_at_best, True),
@@ -253,7 +253,9 @@ def framework_table(comparisons: list[Comparison], label: Label) -> Table:
         ):
             values = [value(r) if r is not None else None for r in results]
             best = _best(values, highest)
-            row += [Cell(text(v), i in best, True) if v is not None else Cell(MISSING, numeric=True)
+            pairs = zip(values, results, strict=True)
+            shown = [speed(r) if text is rate and r is not None else text(v) for v, r in pairs]
+            row += [Cell(shown[i], i in best, True) if v is not None else Cell(MISSING, numeric=True)
                     for i, v in enumerate(values)]  # fmt: skip
         rows.append(row)
     better = "the better framework" if len(frameworks) == 2 else "the best framework for each measure"
@@ -268,13 +270,16 @@ def unequal_limits(model: str, results: list[RunResult | None], names: list[str]
         return ""
     first = ran[0][1]
     fields = sorted({f for _, other in ran[1:] for f in first.differences(other)})
-    if not fields:
-        return ""
-    said = "; ".join(
+    said = [
         f"{field.replace('_', ' ')}: " + ", ".join(f"{name} {getattr(lim, field) or 'none'}" for name, lim in ran)
         for field in fields
-    )
-    return f"{model}: not the same limits, so its speeds are not comparable ({said})."
+    ]
+    replicas = [(name, r.environment.replicas) for name, r in zip(names, results, strict=True) if r is not None]
+    if len({n for _, n in replicas}) > 1:  # a run on more replicas is faster for that alone
+        said.append("replicas: " + ", ".join(f"{name} {n}" for name, n in replicas))
+    if not said:
+        return ""
+    return f"{model}: not the same limits, so its speeds are not comparable ({'; '.join(said)})."
 
 
 def tradeoff_table(runs: list[Run], label: Label) -> Table:

@@ -9,6 +9,7 @@ unfinished jobs are marked failed ("cluster lost"), finished ones stay.
 """
 
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -27,6 +28,7 @@ from runner import __version__
 from runner import execute as executors
 from runner.errors import UserError, stop_name
 from runner.execute import Launch, Outcome
+from runner.execute.base import Group
 from runner.plan import PlannedJob
 from runner.prepare import Cache, inputs
 from runner.schedule import cluster as ray_cluster
@@ -81,6 +83,7 @@ class Request:
     status_json: str  # status.json as queued
     wanted: list[inputs.Input] = field(default_factory=list)  # inputs to fetch: only with a cache URL
     search: str = ""  # the search whose trial this is; '' for a job of the suite
+    group: Group = field(default_factory=Group)  # this node's part of a job across nodes
 
 
 def _last_error(log: Path) -> str:
@@ -133,6 +136,9 @@ class Attempt:
         ctx = ray.get_runtime_context()
         self.gpu_ids = [str(i) for i in ctx.get_accelerator_ids().get("GPU", [])]
         self.node_id = ctx.get_node_id()
+        # Of a job across nodes, the first node's attempt keeps the job's status and files; the others only run
+        # their replicas (which write nothing) from the spec.
+        self.primary = req.group.node_rank == 0
         self.work: Path | None = None
         self.paths: JobPaths | None = None
         self.cache: Path | None = None
@@ -156,6 +162,8 @@ class Attempt:
             self.work = self.work / req.suite / req.job
             self.paths = job.working_copy(self.work)
             self.paths.spec.write_text(req.spec_json)
+        if not self.primary:
+            return None
         previous = RunStatus.model_validate_json(req.status_json)
         job.write_status(
             RunStatus(
@@ -177,7 +185,7 @@ class Attempt:
 
     def run(self, stop: "threading.Event | None" = None) -> Outcome:
         assert self.paths is not None and self.cache is not None
-        launch = Launch(self.paths, self.cache, self.spec_file, self.req.run_id, self.gpu_ids, stop)
+        launch = Launch(self.paths, self.cache, self.spec_file, self.req.run_id, self.gpu_ids, stop, self.req.group)
         return executors.get(self.req.executor).run(launch)
 
     def close(self) -> tuple[str, str]:
@@ -222,6 +230,61 @@ def _execute(req: Request) -> dict:
 
 # The driver retries a failed task itself (it knows why it failed, and resumes from the store).
 _remote_execute = ray.remote(max_retries=0)(_execute)
+
+
+def _free_port() -> tuple[str, int]:
+    """This node's address and a port free on it now: a rendezvous for a job's replicas."""
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return ray.util.get_node_ip_address(), sock.getsockname()[1]
+
+
+_remote_free_port = ray.remote(max_retries=0, num_cpus=0)(_free_port)
+
+
+def _execute_across(req: Request, bundle: dict[str, float], options: dict[str, Any], labels: dict[str, str]) -> dict:
+    """The Ray task of a job across nodes: a placement group of one bundle per node, on distinct nodes; each node's
+    replicas started in the job's executor with the first node's rendezvous. The first node's outcome is the job's;
+    when any node's replicas end otherwise, the others are stopped, and the attempt fails (the retry resumes)."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    spec = SpecFile.model_validate_json(req.spec_json).spec
+    nodes = spec.resources.nodes
+    group = placement_group(
+        [bundle] * nodes, strategy="STRICT_SPREAD", bundle_label_selector=[labels] * nodes if labels else None
+    )
+    refs: list = []
+    try:
+        ray.get(group.ready())
+        place = [PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=i) for i in range(nodes)]
+        spots = ray.get([_remote_free_port.options(scheduling_strategy=p).remote() for p in place])
+        master, port = spots[0]
+        peers = tuple(f"{host}:{free}" for host, free in spots)
+        for rank, where in enumerate(place):
+            node_req = dataclasses.replace(req, group=Group(rank, master, port, peers))
+            refs.append(_remote_execute.options(**options, scheduling_strategy=where).remote(node_req))
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            outcome = ray.get(done[0])
+            if outcome.get("exit_code") != 0 and pending:
+                rank = refs.index(done[0])
+                for ref in pending:  # no replica waits on a collective that will not come
+                    ray.cancel(ref)
+                ray.wait(pending, num_returns=len(pending), timeout=60)
+                if rank:
+                    why = outcome.get("reason") or f"exit code {outcome.get('exit_code')}"
+                    outcome = {**outcome, "reason": f"the replicas on node {rank + 1} of {nodes} failed: {why}"}
+                return outcome
+        return ray.get(refs[0])
+    finally:
+        for ref in refs:
+            ray.cancel(ref)  # on a cancel of this task too (Ray cancels its children as well; this is sure)
+        remove_placement_group(group)
+
+
+_remote_execute_across = ray.remote(max_retries=0, num_cpus=0)(_execute_across)
 
 
 @dataclass
@@ -344,6 +407,11 @@ class Driver:
             options["memory"] = int(res.memory_gb * 2**30)
         if res.custom:
             options["resources"] = dict(res.custom)
+        if res.nodes > 1:  # each node's part takes one bundle of a placement group: the labels go to the bundles
+            bundle = {"CPU": res.cpus, "GPU": res.gpus, "memory": options.get("memory", 0), **dict(res.custom)}
+            bundle = {k: v for k, v in bundle.items() if v}
+            ref = _remote_execute_across.remote(request, bundle, options, dict(res.labels))
+            return Running(job, ref, tries_left, attempt)
         if res.labels:
             options["label_selector"] = dict(res.labels)
         ref = _remote_execute.options(**options).remote(request)

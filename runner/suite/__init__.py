@@ -238,6 +238,12 @@ class LoadedSuite:
         origin = f"job {search.base!r}" if search.base else "the defaults"
         where = f"search {search.name!r} (its base: {origin})"
         base = self._validate_job(where, merged, profile)
+        if base.resources.nodes > 1:
+            raise UserError(
+                f"{self.path}: {where}: resources.nodes is {base.resources.nodes}, but a search's trials train on one "
+                "node each (Ray Tune runs a trial in one task). Fix: resources.nodes: 1 in the search's base; "
+                "replicas on one node (resources.gpus or resources.replicas) are allowed."
+            )
         for field, ref in base.code_refs():
             problem = code_folder.module_problem(self.code, field, ref)
             if problem:

@@ -1,6 +1,7 @@
 """What both trainers share: the context they get, metric bookkeeping, TensorBoard tag names,
 progress lines and the assembly of result.json. Framework-neutral (numpy only)."""
 
+import json
 import os
 import platform
 import socket
@@ -45,9 +46,45 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# Set by the executor for a data-parallel job, whose launcher (torchrun) gives each replica RANK and WORLD_SIZE.
+DATA_PARALLEL_ENV = "GRIDRUN_DATA_PARALLEL"
+COLLECTIVE_TIMEOUT_ENV = "GRIDRUN_COLLECTIVE_TIMEOUT_S"
+_RANKS = (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))
+
+
+@dataclass(frozen=True)
+class Replica:
+    """This process's place among a data-parallel job's processes: rank, how many, and its rank on its node."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def primary(self) -> bool:
+        """The first replica: the only one that writes results, TensorBoard events, checkpoints and progress."""
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "Replica":
+        if os.environ.get(DATA_PARALLEL_ENV) != "1":  # a stray RANK in the user's environment means nothing here
+            return cls()
+        if os.environ.get("TF_CONFIG"):  # TensorFlow across nodes: one process (worker) per node
+            task = json.loads(os.environ["TF_CONFIG"])
+            return cls(int(task["task"]["index"]), len(task["cluster"]["worker"]), 0)
+        rank, world, local = (int(os.environ.get(name) or default) for name, default in _RANKS)
+        return cls(rank, world, local)
+
+
+def collective_timeout_s() -> float:
+    """How long a replica waits in a collective for the others before the attempt fails (a replica died)."""
+    return float(os.environ.get(COLLECTIVE_TIMEOUT_ENV, 300) or 300)
+
+
 def log(message: str) -> None:
-    """One progress line, flushed at once so log.txt follows the run live."""
-    print(message, flush=True)
+    """One progress line, flushed at once so log.txt follows the run live; the first replica's only."""
+    if Replica.from_env().primary:
+        print(message, flush=True)
 
 
 @dataclass
@@ -63,6 +100,7 @@ class TrainContext:
     log: Callable[[str], None] = log
     # Substitutes the run itself had to use (the CPU for an unusable GPU), after the driver's declared ones.
     substitutions: list[Substitution] = field(default_factory=list)
+    replica: Replica = field(default_factory=Replica.from_env)
 
     @property
     def spec(self) -> JobSpec:
@@ -262,6 +300,9 @@ def environment(
     mixed_precision: bool,
     libraries: dict[str, str],
     limits: Limits,
+    replicas: int = 1,
+    nodes: int = 1,
+    parallel: str = "",
 ) -> Environment:
     """Where the run executed; the executor passes its name and image through the environment."""
     return Environment(
@@ -277,6 +318,9 @@ def environment(
         image_digest=os.environ.get("GRIDRUN_IMAGE_DIGEST", ""),
         libraries={"numpy": np.__version__, **libraries},
         limits=limits,
+        replicas=replicas,
+        nodes=nodes,
+        parallel=parallel,
     )
 
 

@@ -23,11 +23,14 @@ def open_tensorboard(ctx: TrainContext, start: int) -> TBWriter:
 
 
 def close_epoch(
-    ctx: TrainContext, history: History, tb: TBWriter, record: EpochRecord, save: Callable[[int, bool], None]
+    ctx: TrainContext, history: History, tb: TBWriter | None, record: EpochRecord, save: Callable[[int, bool], None]
 ) -> None:
     """Record an epoch: checkpoint, then TensorBoard, then progress.json and the log line. Once
-    progress shows epoch k, the checkpoint and the event file hold epoch k too: a kill loses nothing."""
+    progress shows epoch k, the checkpoint and the event file hold epoch k too: a kill loses nothing. Replicas
+    other than the first keep the history (the best epoch) and write nothing."""
     best = history.add(record)
+    if tb is None:
+        return
     save(record.epoch, best)
     tb.epoch(record)
     report_epoch(ctx, record)
@@ -44,7 +47,7 @@ def run_epochs(
     """Epochs `start`..last: train, evaluate on validation and test, record. Returns the final
     test predictions. `train_epoch(epoch)` gives (mean loss, accuracy, images, last step's lr) and
     returns only once the device is done, so the wall-clock split is true."""
-    tb = open_tensorboard(ctx, start)
+    tb = open_tensorboard(ctx, start) if ctx.replica.primary else None
     labels = {"val": ctx.splits.val_y, "test": ctx.splits.test_y}
     test_preds = None
     for epoch in range(start, ctx.spec.train.epochs + 1):
@@ -67,5 +70,6 @@ def run_epochs(
             images_per_second=seen / (t1 - t0),
         )
         close_epoch(ctx, history, tb, record, save)
-    tb.close()
+    if tb is not None:
+        tb.close()
     return test_preds if test_preds is not None else predict("test")  # None: all done before a resume

@@ -16,6 +16,7 @@ import math
 import platform
 import shutil
 import subprocess
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from runner.train.common import (
     History,
     TrainContext,
     build_result,
+    collective_timeout_s,
     confusion_matrix,
     environment,
     gpu_unusable,
@@ -93,6 +95,10 @@ def configure_devices(ctx: TrainContext) -> tuple[str, str, bool]:
     if not gpus:
         if ctx.spec.resources.gpus > 0:
             gpu_unusable(ctx, f"TensorFlow {tf.__version__}", *no_gpu_cause())
+        replicas = ctx.spec.resources.per_node
+        if replicas > 1:  # CPU replicas: logical devices of the one CPU, for MirroredStrategy to mirror over
+            cpu = tf.config.list_physical_devices("CPU")[0]
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
         try:
             with open("/proc/cpuinfo") as f:
                 model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
@@ -348,17 +354,38 @@ def epoch_randomness(n: int, side: tuple[int, int], augment: AugmentSpec, seed: 
     return perm, shift, flip
 
 
+def make_strategy(ctx: TrainContext, device: str) -> tf.distribute.Strategy | None:
+    """The tf.distribute strategy of a data-parallel job (None for one replica): MirroredStrategy over this node's
+    GPUs or logical CPU devices; MultiWorkerMirroredStrategy across nodes (TF_CONFIG names them)."""
+    res = ctx.spec.resources
+    if res.world == 1:
+        return None
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s())
+    if res.nodes > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    kind = "GPU" if device == "cuda" else "CPU"
+    devices = [d.name for d in tf.config.list_logical_devices(kind)][: res.per_node]
+    # NCCL between GPUs; on CPU devices, a sum on one of them (the default picks NCCL, absent there).
+    ops = None if kind == "GPU" else tf.distribute.ReductionToOneDevice(reduce_to_device=devices[0])
+    return tf.distribute.MirroredStrategy(devices, cross_device_ops=ops)
+
+
 class Run:
     """One training run's state: model, data, optimizer, schedule and history."""
 
     def __init__(self, ctx: TrainContext) -> None:
         self.ctx = ctx
         spec = self.spec = ctx.spec
-        threads = spec.resources.threads
+        # One process holds all of this node's replicas: its pools get all of their threads.
+        threads = spec.resources.threads * spec.resources.per_node
         # Before TensorFlow starts its runtime: its pools would otherwise take every core, whatever was reserved.
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
         self.device, self.device_name, bf16_ok = configure_devices(ctx)
+        self.strategy = make_strategy(ctx, self.device)
+        self.world = spec.resources.world
+        scope = self.strategy.scope() if self.strategy is not None else nullcontext()
+        scope.__enter__()  # model, optimizer and sums are made in it: mirrored over the replicas
         self.limits = ctx.limits(
             tf.config.threading.get_intra_op_parallelism_threads(),
             tf.config.threading.get_inter_op_parallelism_threads(),
@@ -416,10 +443,16 @@ class Run:
                 )
             }
         self.labels = {"train": s.train_y, "val": s.val_y, "test": s.test_y}
-        self.loss_sum = tf.Variable(0.0, dtype=tf.float32, trainable=False)
-        self.correct = tf.Variable(0, dtype=tf.int32, trainable=False)
+        # Each replica adds to its own copy; reading them sums the copies.
+        on_read = {"synchronization": tf.VariableSynchronization.ON_READ, "aggregation": tf.VariableAggregation.SUM}
+        self.loss_sum = tf.Variable(0.0, dtype=tf.float32, trainable=False, **on_read)
+        self.correct = tf.Variable(0, dtype=tf.int32, trainable=False, **on_read)
+        scope.__exit__(None, None, None)
         jit = spec.train.compile
         self._train_step = tf.function(self._train_step_fn, jit_compile=jit, reduce_retracing=True)
+        if self.strategy is not None:
+            step, strategy = self._train_step, self.strategy
+            self._train_step = tf.function(lambda *batch: strategy.run(step, args=batch), reduce_retracing=True)
         self._predict_step = tf.function(self._predict_step_fn, jit_compile=jit, reduce_retracing=True)
         self.history = History()
 
@@ -465,7 +498,10 @@ class Run:
         with tf.GradientTape() as tape:
             logits = self.model([x, shift, flip], training=True)
             loss = cross_entropy(y, logits, self.spec.train.label_smoothing)
-        grads = tape.gradient(loss, self.variables)
+            # The optimizer sums the replicas' gradients: each replica's mean over its slice, over the replicas,
+            # is the gradient of the mean over the whole batch.
+            share = loss / self.world
+        grads = tape.gradient(share, self.variables)
         self.optimizer.apply(grads, self.variables)
         # Sums stay on the device: reading them every step would stall the GPU.
         self.loss_sum.assign_add(loss * tf.cast(tf.shape(y)[0], tf.float32))
@@ -483,11 +519,25 @@ class Run:
             n, tuple(x_all.shape[1:3]), self.spec.train.augment, self.spec.train.seed, epoch
         )
         idx = perm[: self.steps_per_epoch * self.batch].reshape(self.steps_per_epoch, self.batch)
-        ds = tf.data.Dataset.from_tensor_slices((idx, shift[idx], flip[idx]))
-        ds = ds.map(
-            lambda i, s, f: (tf.gather(x_all, i), s, f, tf.gather(y_all, i)), num_parallel_calls=tf.data.AUTOTUNE
+
+        def slices(pipeline: int = 0, pipelines: int = 1) -> tf.data.Dataset:
+            # Replica r of each step takes the r-th slice of its global batch, as in the torch trainer; the
+            # strategy hands a pipeline's elements to its replicas in turn.
+            local = self.world // pipelines
+            rows = idx.reshape(self.steps_per_epoch, self.world, -1)[:, pipeline * local : (pipeline + 1) * local]
+            rows = rows.reshape(-1, rows.shape[-1])
+            ds = tf.data.Dataset.from_tensor_slices((rows, shift[rows], flip[rows]))
+            ds = ds.map(
+                lambda i, s, f: (tf.gather(x_all, i), s, f, tf.gather(y_all, i)), num_parallel_calls=tf.data.AUTOTUNE
+            )
+            return ds.prefetch(tf.data.AUTOTUNE)
+
+        if self.strategy is None:
+            return slices()
+        options = tf.distribute.InputOptions(experimental_fetch_to_device=True)
+        return self.strategy.distribute_datasets_from_function(
+            lambda context: slices(context.input_pipeline_id, context.num_input_pipelines), options
         )
-        return ds.prefetch(tf.data.AUTOTUNE)
 
     def train_epoch(self, epoch: int) -> tuple[float, float, int, float]:
         """One pass over the training set: (mean loss, accuracy, images, last step's lr). Reading the
@@ -526,6 +576,11 @@ class Run:
             f"{self.trainable:,} trainable of {self.total:,} parameters, {self.steps_per_epoch} steps/epoch, "
             f"input {self.input_note}"
         )
+        if self.strategy is not None:
+            ctx.log(
+                f"data parallel: {self.world} replicas ({type(self.strategy).__name__}) on {spec.resources.nodes} "
+                f"node(s), {spec.train.batch_size // self.world} images of each batch per replica"
+            )
         test_preds = run_epochs(ctx, self.history, start, self.train_epoch, self.predict, self.save)
         cm = confusion_matrix(self.labels["test"], test_preds, ctx.splits.num_classes)
         env = environment(
@@ -536,6 +591,9 @@ class Run:
             self.bf16,
             {"keras": keras.__version__},
             self.limits,
+            replicas=self.world,
+            nodes=spec.resources.nodes,
+            parallel=type(self.strategy).__name__ if self.strategy is not None else "",
         )
         return build_result(ctx, self.history, cm, self.trainable, self.total, env)
 

@@ -8,14 +8,17 @@ tensor ops on the device. Imports neither Ray nor Docker.
 import math
 import platform
 from contextlib import AbstractContextManager, nullcontext, suppress
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from runner.store.layout import atomic_path
 from runner.train import torch_models, torch_zoo
@@ -26,6 +29,7 @@ from runner.train.common import (
     History,
     TrainContext,
     build_result,
+    collective_timeout_s,
     confusion_matrix,
     environment,
     gpu_unusable,
@@ -38,8 +42,9 @@ def pick_device(ctx: TrainContext) -> torch.device:
     """cuda > mps > cpu; a job that reserved GPUs gets one, or the CPU only as its declared fallback."""
     if torch.cuda.is_available():
         # An explicit index: set_per_process_memory_fraction refuses a bare "cuda". The executor
-        # makes the GPUs the scheduler assigned the only visible ones, so 0 is the first of them.
-        return torch.device("cuda", 0)
+        # makes the GPUs the scheduler assigned the only visible ones, so 0 is the first of them;
+        # a data-parallel replica takes the one of its rank on the node.
+        return torch.device("cuda", ctx.replica.local_rank)
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     if ctx.spec.resources.gpus > 0:
@@ -202,6 +207,13 @@ class Run:
         spec = self.spec = ctx.spec
         self.device = pick_device(ctx)
         cuda = self.device.type == "cuda"
+        self.replica = ctx.replica
+        if self.replica.world > 1:
+            self.backend = "nccl" if cuda else "gloo"
+            if cuda:
+                torch.cuda.set_device(self.device)
+            # A replica that died leaves the others waiting in a collective: the timeout fails the attempt.
+            dist.init_process_group(self.backend, timeout=timedelta(seconds=collective_timeout_s()))
         torch.set_num_threads(spec.resources.threads)
         with suppress(RuntimeError):  # allowed once, before torch's first parallel work
             torch.set_num_interop_threads(spec.resources.threads)
@@ -221,12 +233,19 @@ class Run:
         self.model = self.built.model
         self.trainable, self.total = torch_models.parameter_counts(self.model)
         self.model.to(self.device, memory_format=torch.channels_last if cuda else torch.preserve_format)
-        self.net: nn.Module = self.model
+        self.eval_net: nn.Module = self.model
         if spec.train.compile:
             if cuda:
-                self.net = torch.compile(self.model)
+                self.eval_net = torch.compile(self.model)
             else:
                 ctx.log(f"compile: skipped on {self.device.type}; torch.compile is used on CUDA only")
+        self.net = self.eval_net
+        if self.replica.world > 1:
+            # Gradients are averaged over the replicas in every step; evaluation runs on the bare model (a DDP
+            # forward is itself a collective, and each replica evaluates its own slice of a split).
+            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
+            if spec.train.compile and cuda:
+                self.net = torch.compile(self.net)
 
         # The whole dataset lives on the device as uint8 NHWC: one transfer, no loader workers.
         s = ctx.splits
@@ -276,19 +295,32 @@ class Run:
         if best:
             save_atomic({"model": self.model.state_dict(), "epoch": epoch}, paths.checkpoint("best", ".pt"))
 
-    def resume(self) -> int:
-        """Load last.pt when it belongs to this spec; the first epoch to run."""
+    def _checkpoint(self) -> dict | None:
+        """last.pt when it belongs to this spec, else None."""
         path = self.ctx.paths.checkpoint("last", ".pt")
         if not path.is_file():
-            return 1
+            return None
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # an unreadable checkpoint costs the epochs, not the run
             self.ctx.log(f"checkpoint {path} is unreadable ({type(e).__name__}): starting fresh")
-            return 1
+            return None
         if ckpt.get("spec_hash") != self.ctx.spec_file.spec_hash:
             self.ctx.log(f"checkpoint {path} is from another spec: starting fresh")
+            return None
+        return ckpt
+
+    def resume(self) -> int:
+        """Load last.pt when it belongs to this spec; the first epoch to run. Every replica resumes from the
+        checkpoint the first one read (the others' nodes may not hold the job's files)."""
+        ckpt = self._checkpoint() if self.replica.primary else None
+        if self.replica.world > 1:
+            box = [ckpt]
+            dist.broadcast_object_list(box, src=0)
+            ckpt = box[0]
+        if ckpt is None:
             return 1
+        path = self.ctx.paths.checkpoint("last", ".pt")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -306,6 +338,9 @@ class Run:
         """One pass over the training set: (mean loss, accuracy, images, learning rate of the last step)."""
         x_all, y_all = self.data["train"]
         bs = self.spec.train.batch_size
+        # Each replica trains on its slice of every global batch; DDP averages the gradients, so the step is the
+        # one a single replica would take on the whole batch.
+        part, rank = bs // self.replica.world, self.replica.rank
         side = (x_all.shape[1], x_all.shape[2])
         perm, shift, flip = self.pipeline.epoch_randomness(len(y_all), side, self.spec.train.seed, epoch, self.device)
         torch_zoo.train_mode(self.model, self.built.head, self.spec.model.freeze_backbone)
@@ -314,7 +349,7 @@ class Run:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen, lr = 0, self.optimizer.param_groups[0]["lr"]
         for i in range(self.steps_per_epoch):
-            idx = perm[i * bs : (i + 1) * bs]
+            idx = perm[i * bs + rank * part : i * bs + (rank + 1) * part]
             x = self.pipeline.train_batch(x_all[idx], shift[idx], flip[idx])
             y = y_all[idx]
             with self.autocast():
@@ -328,20 +363,31 @@ class Run:
             loss_sum += loss.detach().float() * len(idx)
             correct += (out.argmax(1) == y).sum()
             seen += len(idx)
+        if self.replica.world > 1:
+            sums = torch.stack([loss_sum, correct.to(loss_sum.dtype), torch.tensor(float(seen), device=self.device)])
+            dist.all_reduce(sums)
+            loss_sum, correct, seen = sums[0], sums[1], int(sums[2].item())
         # .item() waits for the device, so the epoch's wall time covers its work.
         return loss_sum.item() / seen, correct.item() / seen, seen, lr
 
     @torch.inference_mode()
     def predict(self, split: str) -> np.ndarray:
-        """Predicted classes of a whole split."""
+        """Predicted classes of a whole split; replicas predict a slice each and share them."""
         self.model.eval()
         x_all, _ = self.data[split]
+        rank, world = self.replica.rank, self.replica.world
+        x_all = x_all[len(x_all) * rank // world : len(x_all) * (rank + 1) // world]
         bs = self.spec.train.eval_batch_size
-        preds = []
+        preds = [torch.zeros(0, dtype=torch.long, device=self.device)]
         for i in range(0, len(x_all), bs):
             with self.autocast():
-                preds.append(self.net(self.pipeline.eval_batch(x_all[i : i + bs])).argmax(1))
-        return torch.cat(preds).cpu().numpy()
+                preds.append(self.eval_net(self.pipeline.eval_batch(x_all[i : i + bs])).argmax(1))
+        mine = torch.cat(preds).cpu().numpy()
+        if world == 1:
+            return mine
+        slices: list = [None] * world
+        dist.all_gather_object(slices, mine)
+        return np.concatenate(slices)
 
     def fit(self) -> RunResult:
         ctx = self.ctx
@@ -351,6 +397,12 @@ class Run:
             f"bf16 {'on' if self.bf16 else 'off'}, {self.trainable:,} trainable of {self.total:,} parameters, "
             f"{self.steps_per_epoch} steps/epoch"
         )
+        if self.replica.world > 1:
+            ctx.log(
+                f"data parallel: {self.replica.world} replicas (DDP over {self.backend}) on "
+                f"{self.spec.resources.nodes} node(s), {self.spec.train.batch_size // self.replica.world} images "
+                "of each batch per replica"
+            )
         test_preds = run_epochs(ctx, self.history, start, self.train_epoch, self.predict, self.save)
         if self.device.type == "cuda":  # what a share of a GPU must hold: two jobs at gpus 0.5 need each below half
             ctx.log(f"gpu 0: peak memory {torch.cuda.max_memory_reserved(self.device) // 2**20} MiB reserved")
@@ -363,10 +415,17 @@ class Run:
             self.bf16,
             {"torchvision": torchvision.__version__},
             self.limits,
+            replicas=self.replica.world,
+            nodes=self.spec.resources.nodes,
+            parallel=f"DDP over {self.backend}" if self.replica.world > 1 else "",
         )
         return build_result(ctx, self.history, cm, self.trainable, self.total, env)
 
 
 def train(ctx: TrainContext) -> RunResult:
     """Train the run `ctx` describes and return its result (the worker writes result.json)."""
-    return Run(ctx).fit()
+    try:
+        return Run(ctx).fit()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

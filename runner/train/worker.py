@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", flush=True)
         return e.exit_code
+    if not ctx.replica.primary:  # the first replica writes the job's files
+        return 0
     write_json(paths.result, result)
     write_run_extras(paths, result)
     log(
