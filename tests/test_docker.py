@@ -138,14 +138,20 @@ def test_no_daemon_is_one_clear_message(tmp_path: Path, monkeypatch) -> None:
 # ---- a real daemon ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def client():
-    """The daemon; at the end of the session no container this process started may be left."""
+def daemon_or_skip():
+    """The Docker daemon; the test is skipped without one, or fails where REQUIRE_DOCKER=1 says there must be one."""
     client, why = images.try_connect(timeout=10)
     if client is None:
         if REQUIRE:
             pytest.fail(f"REQUIRE_DOCKER=1 but {why}: run `bash docker/ci-setup.sh` first")
         pytest.skip(why)
+    return client
+
+
+@pytest.fixture(scope="session")
+def client():
+    """The daemon; at the end of the session no container this process started may be left."""
+    client = daemon_or_skip()
     yield client
     left = client.containers.list(all=True, filters={"label": f"{OWNER_LABEL}={_owner()}"})
     assert not left, f"containers left behind: {[c.name for c in left]}"

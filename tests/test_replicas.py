@@ -70,6 +70,26 @@ def test_two_cpu_replicas_train_as_one_in_both_frameworks(tmp_path: Path) -> Non
         assert events[0] == events[1], events
 
 
+@pytest.mark.docker
+@pytest.mark.slow  # a minute: two containers
+def test_replicas_train_in_their_framework_containers(tmp_path: Path) -> None:
+    from test_docker import daemon_or_skip
+
+    daemon_or_skip()
+    jobs = "\n".join(
+        f"  - {{name: {fw}, framework: {fw}, executor: docker, resources: {{cpus: 2, replicas: 2}}}}"
+        for fw in ("torch", "tensorflow")
+    )
+    results = tmp_path / "results"
+    suite = write(tmp_path, "dpc", jobs)
+    run = gridrun("run", str(suite), "--results", str(results), "--cache", str(tmp_path / "cache"), "--no-report")
+    assert run.returncode == 0, run.stdout + run.stderr
+    for fw, how in (("torch", "DDP over gloo"), ("tensorflow", "MirroredStrategy")):
+        env = result(results, "dpc", fw)["environment"]
+        # The container has no network: torchrun's rendezvous and gloo go over its loopback.
+        assert (env["executor"], env["replicas"], env["parallel"]) == ("docker", 2, how)
+
+
 BAD = [
     ("{gpus: 0.5, replicas: 2}", "resources", "a share of one GPU, which cannot hold 2 data-parallel replicas"),
     ("{gpus: 2, replicas: 3}", "resources", "one replica per GPU. Fix: drop replicas, or set gpus: 3"),
@@ -119,6 +139,13 @@ def cluster_env(cluster: RayCluster) -> dict[str, str]:
     return {"HOME": str(cluster.home), "RAY_AUTH_TOKEN": TOKEN, "RAY_AUTH_TOKEN_PATH": ""}
 
 
+def run_args(cluster: RayCluster, tmp_path: Path, suite: str, jobs: str, epochs: int) -> list[str]:
+    """`gridrun run` of a suite of `jobs` on the cluster, results and cache under tmp_path."""
+    path = write(tmp_path, suite, jobs, epochs=epochs)
+    args = ["run", str(path), "--address", cluster.address, "--results", str(tmp_path / "results")]
+    return [*args, "--cache", str(tmp_path / "cache"), "--no-report"]
+
+
 def replicas_of(results: Path, suite: str) -> list[int]:
     """Pids of the job's training processes (torchrun's children) on this machine, whichever node started them."""
     found = []
@@ -139,10 +166,8 @@ def test_a_job_across_two_nodes_trains_once_and_a_killed_replica_fails_the_attem
     two_nodes: RayCluster, tmp_path: Path
 ) -> None:
     jobs = "  - {name: wide, framework: torch, resources: {cpus: 1, nodes: 2, max_retries: 1}}"
-    suite = write(tmp_path, "wide", jobs, epochs=3)
+    args = run_args(two_nodes, tmp_path, "wide", jobs, epochs=3)
     results = tmp_path / "results"
-    args = ["run", str(suite), "--address", two_nodes.address, "--results", str(results)]
-    args += ["--cache", str(tmp_path / "cache"), "--no-report"]
     out = tmp_path / "driver.log"
     driver = subprocess.Popen(
         [sys.executable, "-m", "runner", *args],
@@ -187,3 +212,20 @@ def test_a_search_across_nodes_is_refused(tmp_path: Path) -> None:
     out = gridrun("validate", str(suite))
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert "a search's trials train on one node each" in out.stderr and "Fix: resources.nodes: 1" in out.stderr
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_a_tensorflow_job_across_two_nodes_trains_with_multi_worker_mirrored_strategy(
+    two_nodes: RayCluster, tmp_path: Path
+) -> None:
+    jobs = "  - {name: tf-wide, framework: tensorflow, resources: {cpus: 1, nodes: 2}}"
+    out = gridrun(*run_args(two_nodes, tmp_path, "tfwide", jobs, epochs=2), env=cluster_env(two_nodes), timeout=600)
+    results = tmp_path / "results"
+    assert out.returncode == 0, out.stdout + out.stderr
+    done = result(results, "tfwide", "tf-wide")
+    env = done["environment"]
+    assert (env["replicas"], env["nodes"], env["parallel"]) == (2, 2, "MultiWorkerMirroredStrategy")
+    assert [e["epoch"] for e in done["epochs"]] == [1, 2]
+    log = (results / "tfwide" / "tf-wide" / "log.txt").read_text()
+    assert log.count("epoch 2/2 ") == 1, log

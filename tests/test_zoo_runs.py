@@ -92,15 +92,9 @@ def test_zoo_models_train_one_epoch_as_processes(tmp_path: Path) -> None:
 @pytest.mark.docker
 @pytest.mark.slow  # a minute and a half: three zoo models, each in its framework's container
 def test_zoo_models_train_one_epoch_in_containers(tmp_path: Path) -> None:
-    from test_docker import REQUIRE
+    from test_docker import daemon_or_skip
 
-    from runner.execute import images
-
-    client, why = images.try_connect(timeout=10)
-    if client is None:
-        if REQUIRE:
-            pytest.fail(f"REQUIRE_DOCKER=1 but {why}")
-        pytest.skip(why)
+    daemon_or_skip()
     jobs = [j for j in SUITE["jobs"] if j["name"] in ("timm-r18", "mnv3-keras")]
     suite = _run(tmp_path, "docker", jobs)
     _check(suite, jobs, "docker")

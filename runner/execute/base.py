@@ -133,19 +133,26 @@ def code_problem(launch: Launch) -> str:
     )
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def worker_command(python: str, job_dir: Path | str, cache: Path | str, launch: Launch | None = None) -> list[str]:
     """The worker's command line, as an argument list (never a shell string). A data-parallel job of a framework
-    with a process per replica starts them with torchrun: on one node standalone, across nodes at the first
+    with a process per replica starts them with torchrun: on one node over loopback, across nodes at the first
     node's address; torchrun ends all of a node's replicas when one fails."""
     worker = ["-m", "runner.train.worker", str(job_dir), "--cache", str(cache)]
     if launch is None or launch.world == 1 or not FRAMEWORKS[launch.spec_file.spec.framework].process_per_replica:
         return [python, *worker]
     res, group = launch.spec_file.spec.resources, launch.group
-    if res.nodes == 1:
-        where = ["--standalone"]
-    else:
-        where = ["--nnodes", str(res.nodes), "--node-rank", str(group.node_rank)]
-        where += ["--master-addr", group.master, "--master-port", str(group.port)]
+    # One node: a static rendezvous on loopback (a container without network cannot resolve its own hostname,
+    # which --standalone's rendezvous needs); across nodes, at the port the first node found free.
+    master, port = (group.master, group.port) if res.nodes > 1 else ("127.0.0.1", free_port())
+    where = ["--nnodes", str(res.nodes), "--node-rank", str(group.node_rank)]
+    where += ["--master-addr", master, "--master-port", str(port)]
     return [python, "-m", "torch.distributed.run", *where, "--nproc-per-node", str(res.per_node), "--max-restarts",
             "0", *worker]  # fmt: skip
 

@@ -383,6 +383,10 @@ class Run:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
         self.device, self.device_name, bf16_ok = configure_devices(ctx)
         self.strategy = make_strategy(ctx, self.device)
+        # (MultiWorkerMirroredStrategy's class is named CollectiveAllReduceStrategy: the names users know.)
+        self.parallel = ""
+        if self.strategy is not None:
+            self.parallel = "MultiWorkerMirroredStrategy" if spec.resources.nodes > 1 else "MirroredStrategy"
         self.world = spec.resources.world
         scope = self.strategy.scope() if self.strategy is not None else nullcontext()
         scope.__enter__()  # model, optimizer and sums are made in it: mirrored over the replicas
@@ -578,7 +582,7 @@ class Run:
         )
         if self.strategy is not None:
             ctx.log(
-                f"data parallel: {self.world} replicas ({type(self.strategy).__name__}) on {spec.resources.nodes} "
+                f"data parallel: {self.world} replicas ({self.parallel}) on {spec.resources.nodes} "
                 f"node(s), {spec.train.batch_size // self.world} images of each batch per replica"
             )
         test_preds = run_epochs(ctx, self.history, start, self.train_epoch, self.predict, self.save)
@@ -593,7 +597,7 @@ class Run:
             self.limits,
             replicas=self.world,
             nodes=spec.resources.nodes,
-            parallel=type(self.strategy).__name__ if self.strategy is not None else "",
+            parallel=self.parallel,
         )
         return build_result(ctx, self.history, cm, self.trainable, self.total, env)
 
