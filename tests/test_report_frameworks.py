@@ -50,6 +50,7 @@ def write_run(
     speed: float,
     parameters: tuple[int, int] | None = None,
     limits: Limits | None = None,
+    replicas: int = 1,
     **model,
 ) -> None:
     """A succeeded job folder: spec.json, status.json and a one-epoch result.json with these numbers;
@@ -76,7 +77,8 @@ def write_run(
         timing=Timing(data_seconds=1, train_seconds=seconds - 2, eval_seconds=1, total_seconds=seconds),
         images_per_second=speed,
         environment=Environment(framework=framework, framework_version="1", python_version="3.11", device="cpu",
-                                device_name="cpu", mixed_precision="off", hostname="h", limits=limits or Limits()),
+                                device_name="cpu", mixed_precision="off", hostname="h", limits=limits or Limits(),
+                                replicas=replicas),
     )  # fmt: skip
     write_json(paths.result, result)
 
@@ -140,6 +142,18 @@ def test_runs_of_unequal_threads_are_said_not_comparable_in_speed(tmp_path: Path
     assert (
         "alexnet: not the same limits, so its speeds are not comparable (cpu threads: PyTorch 1, TensorFlow 2)."
     ) in report, report
+
+
+def test_a_run_on_several_replicas_shows_its_speed_per_replica_and_is_not_compared_for_speed(tmp_path: Path) -> None:
+    suite = tmp_path / SUITE
+    write_run(suite, "alexnet-torch", "torch", 0.61, 125, 3000, replicas=2)
+    write_run(suite, "alexnet-tf", "tensorflow", 0.58, 95, 2100)
+    write_report(suite)
+    report = " ".join((suite / "report.md").read_text().split())
+    assert "3,000 (1,500 a replica, 2)" in report, report
+    assert (
+        "alexnet: not the same limits, so its speeds are not comparable (replicas: PyTorch 2, TensorFlow 1)." in report
+    )
 
 
 def test_a_third_framework_gets_its_columns_bars_and_sentence(study: Path, monkeypatch: pytest.MonkeyPatch) -> None:
