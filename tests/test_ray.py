@@ -64,12 +64,13 @@ def test_job_needing_three_gpus_is_refused_before_anything_starts(tmp_path: Path
     suite = tmp_path / "big.yaml"
     suite.write_text(
         TWO_GPU_JOBS.replace(
-            "  - {name: second, framework: torch}", "  - {name: second, framework: torch, resources: {gpus: 3}}"
+            "  - {name: second, framework: torch}",
+            "  - {name: second, framework: torch, train: {batch_size: 48}, resources: {gpus: 3}}",
         )
     )
     results = tmp_path / "results"
     proc = gridrun("run", str(suite), "--results", str(results), "--gpus", "2", "--executor", "process")
     assert proc.returncode == 2
-    assert "second: needs 3 GPU(s) and 1 CPU(s); the largest node has 2 GPU(s)" in proc.stderr
+    assert "second: needs 3 GPU(s) and 1 CPU(s) for its 3 replicas; the largest node has 2 GPU(s)" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not results.exists()

@@ -1,5 +1,6 @@
 """The core verbs: validate, plan, run, status, schema."""
 
+import gc
 import json
 import math
 import threading
@@ -360,7 +361,11 @@ def run(
         raise
     suite_store = store.suite(loaded.name)
     with lock:
-        # Ray's shutdown mostly waits for its processes to exit: the report is written meanwhile.
+        # Ray's shutdown mostly waits for its processes to exit: the report is written meanwhile. Garbage holding
+        # an object ref must not be collected while Ray shuts down in the other thread (the ref's release would
+        # reach a core worker half gone, which ends the process with code 1): collected before, not during.
+        gc.collect()
+        gc.disable()
         stopping = threading.Thread(target=ray_cluster.shutdown, name="ray-shutdown")
         stopping.start()
         try:
@@ -369,6 +374,7 @@ def run(
                 _report(suite_store)
         finally:
             stopping.join()
+            gc.enable()
         phases.lap("report and Ray shutdown")
     console.print(status_table(suite_store.runs()))
     console.print(f"took {phases.describe()}", highlight=False)
