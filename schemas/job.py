@@ -64,6 +64,8 @@ MAX_WIDTH = 16_384  # classifier_width: a 16384 x 16384 dense layer alone holds 
 MAX_EPOCHS = 10_000
 MAX_CUSTOM = 1_000_000  # Ray keeps resource amounts as fixed-point integers
 MAX_MEMORY_GB = 65_536  # 64 TiB
+# What the suite's folder holds beside its job folders (runner.store, runner.report): no job may take these names.
+SUITE_ENTRIES = frozenset({"suite.yaml", "summary.json", "report.md", "report.html", "plots"})
 MAX_REPLICAS = 256  # data-parallel replicas on one node
 MAX_NODES = 1024
 MAX_TIMEOUT_MINUTES = 100_000  # about 69 days: finite, so deadlines and timers stay representable
@@ -426,6 +428,14 @@ class JobSpec(Strict):
     @model_validator(mode="after")
     def _check(self) -> "JobSpec":
         problems = Problems(self)
+        if self.name.lower() in SUITE_ENTRIES:  # lower: a folder on a case-insensitive disk is the same
+            problems.add(
+                "name",
+                f"{self.name!r} is taken by the suite's own files beside its job folders "
+                f"({', '.join(sorted(SUITE_ENTRIES))}). Fix: give the job another name, e.g. "
+                f"{self.name.split('.')[0]}-1",
+                self.name,
+            )
         ref = model_ref(self.model.arch)
         if ref.zoo is not None and ref.zoo.framework != self.framework:
             own = plain([f"{z.prefix}.<name>" for z in zoos_of(self.framework)])

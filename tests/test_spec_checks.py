@@ -121,6 +121,26 @@ def test_each_mistake_is_one_message_naming_the_job_and_field(case: str, tmp_pat
         assert fragment in message, f"{fragment!r} not in {message!r}"
 
 
+@pytest.mark.parametrize("name", ["plots", "Report.HTML", "summary.json"])
+def test_a_job_named_like_the_suites_own_files_is_refused(name: str, tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(f"suite: s\njobs:\n  - {{name: {name}, framework: torch, model: {{arch: alexnet}}}}\n")
+    with pytest.raises(UserError) as info:
+        load_suite(path)
+    message = str(info.value)
+    assert f"name: {name!r} is taken by the suite's own files beside its job folders" in message, message
+    assert "Fix: give the job another name" in message
+
+
+def test_the_reserved_names_are_those_the_store_and_the_report_write(tmp_path: Path) -> None:
+    from runner.report import PLOTS, REPORT_HTML, REPORT_MD
+    from runner.store.layout import SuitePaths
+    from schemas.job import SUITE_ENTRIES
+
+    suite = SuitePaths.of(tmp_path, "s")
+    assert {REPORT_MD, REPORT_HTML, PLOTS, suite.suite_file.name, suite.summary.name} == SUITE_ENTRIES
+
+
 def test_two_mistakes_of_one_job_are_both_named(tmp_path: Path) -> None:
     path = suite_file(
         tmp_path, "framework: tensorflow\nmodel: {arch: resnet18, weights: imagenet}\ndataset: {image_size: 16}"

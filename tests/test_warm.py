@@ -181,3 +181,18 @@ def test_tensorflow_starts_cold(node) -> None:
     assert run(root, run_id, paths, spec_file).exit_code == 0
     assert "warm start" not in paths.log.read_text()
     assert warm.server_pid(root / "node" / "warm", run_id, "tensorflow") is None
+
+
+def test_the_locks_and_logs_of_servers_long_gone_are_pruned(tmp_path: Path) -> None:
+    old = time.time() - warm.STALE_S - 60
+    for name in ("gone-torch-1", "alive-torch-1", "recent-torch-1"):
+        for suffix in (".lock", ".log"):
+            (tmp_path / name).with_suffix(suffix).write_text("")
+    (tmp_path / "alive-torch-1.pid").write_text("1")
+    for name in ("gone-torch-1", "alive-torch-1"):
+        for suffix in (".lock", ".log"):
+            os.utime((tmp_path / name).with_suffix(suffix), (old, old))
+    assert warm.prune(tmp_path) == 2
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == [f"{n}{s}" for n in ("alive-torch-1", "recent-torch-1") for s in (".lock", ".log", ".pid")
+                    if (n, s) != ("recent-torch-1", ".pid")]  # fmt: skip

@@ -139,6 +139,7 @@ def connect(folder: Path, run_id: str, framework: str) -> socket.socket | None:
     conn = _connect(path)
     if conn is not None:
         return conn
+    prune(folder)
     # One starter at a time per node: the others wait on the lock, then find the server listening.
     with open(path.with_suffix(".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -156,6 +157,21 @@ def connect(folder: Path, run_id: str, framework: str) -> socket.socket | None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(server, signal.SIGKILL)
         return None
+
+
+STALE_S = 86_400.0  # a server's lock and log outlive it by this long (its log says why a start failed)
+
+
+def prune(folder: Path, older_than_s: float = STALE_S) -> int:
+    """Remove the lock and log files of servers long gone (no pid file, untouched for `older_than_s`): every
+    run leaves one of each per framework and node. How many were removed."""
+    removed, now = 0, time.time()
+    for file in [*folder.glob("*.lock"), *folder.glob("*.log")]:
+        with contextlib.suppress(OSError):  # gone already: another run pruned it
+            if not file.with_suffix(".pid").exists() and now - file.stat().st_mtime > older_than_s:
+                file.unlink()
+                removed += 1
+    return removed
 
 
 # Run by a short-lived go-between, so that the server is nobody's child: Ray kills a worker's children when the
