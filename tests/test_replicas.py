@@ -90,6 +90,37 @@ def test_replicas_train_in_their_framework_containers(tmp_path: Path) -> None:
         assert (env["executor"], env["replicas"], env["parallel"]) == ("docker", 2, how)
 
 
+def test_each_node_gets_its_rendezvous_torchrun_for_torch_and_tf_config_for_tensorflow(tmp_path: Path) -> None:
+    from jobhelp import make_job
+
+    from runner.execute.base import Group, Launch, parallel_env, worker_command
+    from runner.execute.docker import container_config
+
+    group = Group(1, "10.0.0.1", 29400, ("10.0.0.1:29400", "10.0.0.2:29401"))
+    res = {"gpus": 2, "cpus": 4, "nodes": 2}
+    torch_job = make_job(tmp_path, "torch", name="t", resources=res, train={"batch_size": 64})
+    launch = Launch(torch_job, tmp_path, torch_job.read_spec(), "run", ["0", "1"], group=group)
+    cmd = " ".join(worker_command("python", torch_job.dir, tmp_path, launch))
+    assert "-m torch.distributed.run --nnodes 2 --node-rank 1 --master-addr 10.0.0.1 --master-port 29400" in cmd
+    assert "--nproc-per-node 2 --max-restarts 0 -m runner.train.worker" in cmd
+    env = parallel_env(launch)
+    assert env["GRIDRUN_DATA_PARALLEL"] == "1" and "TF_CONFIG" not in env and "GLOO_SOCKET_IFNAME" not in env
+    assert container_config(launch, "img", "sha", "python", "1000:1000", 2**30)["network_mode"] == "host"
+
+    tf_job = make_job(tmp_path, "tensorflow", name="f", resources=res, train={"batch_size": 64})
+    launch = Launch(tf_job, tmp_path, tf_job.read_spec(), "run", ["0", "1"], group=group)
+    assert worker_command("python", tf_job.dir, tmp_path, launch)[:3] == ["python", "-m", "runner.train.worker"]
+    assert json.loads(parallel_env(launch)["TF_CONFIG"]) == {
+        "cluster": {"worker": ["10.0.0.1:29400", "10.0.0.2:29401"]},
+        "task": {"type": "worker", "index": 1},
+    }
+    one = make_job(tmp_path, "torch", name="o", resources={"cpus": 2, "replicas": 2})
+    launch = Launch(one, tmp_path, one.read_spec(), "run", [])
+    assert parallel_env(launch)["GLOO_SOCKET_IFNAME"] == "lo"  # all replicas here: a container has only lo
+    assert "--master-addr 127.0.0.1" in " ".join(worker_command("python", one.dir, tmp_path, launch))
+    assert container_config(launch, "img", "sha", "python", "1000:1000", 2**30)["network_mode"] == "none"
+
+
 BAD = [
     ("{gpus: 0.5, replicas: 2}", "resources", "a share of one GPU, which cannot hold 2 data-parallel replicas"),
     ("{gpus: 2, replicas: 3}", "resources", "one replica per GPU. Fix: drop replicas, or set gpus: 3"),

@@ -173,14 +173,16 @@ def worker_env(launch: Launch, executor: str) -> dict[str, str]:
 
 
 def parallel_env(launch: Launch) -> dict[str, str]:
-    """A data-parallel job's variables: that it is one, and TensorFlow's cluster of one worker per node."""
+    """A data-parallel job's variables: that it is one, and (for a framework with one process per node, not
+    torchrun's one per replica) TensorFlow's cluster of one worker per node."""
     if launch.world == 1:
         return {}
     env = {DATA_PARALLEL_ENV: "1"}
     if launch.spec_file.spec.resources.nodes == 1 or launch.group.master.startswith("127."):
         # All replicas on this machine: their collectives over loopback, which a container without network has.
         env |= {"GLOO_SOCKET_IFNAME": "lo", "NCCL_SOCKET_IFNAME": "lo"}
-    if launch.spec_file.spec.resources.nodes > 1 and launch.group.peers:
+    per_node_process = not FRAMEWORKS[launch.spec_file.spec.framework].process_per_replica
+    if per_node_process and launch.spec_file.spec.resources.nodes > 1 and launch.group.peers:
         env["TF_CONFIG"] = json.dumps(
             {
                 "cluster": {"worker": list(launch.group.peers)},
