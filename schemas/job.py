@@ -376,7 +376,7 @@ class ResourcesSpec(Strict):
                 f"replicas {self.replicas} with gpus {int(self.gpus)}: a job with GPUs runs one replica per GPU. "
                 f"Fix: drop replicas, or set gpus: {self.replicas}"
             )
-        if self.gpus == 0 and self.per_node > int(self.cpus):
+        if self.gpus == 0 and self.per_node > max(1, int(self.cpus)):  # one replica may have a share of a core
             raise ValueError(
                 f"replicas {self.per_node} on cpus {self.cpus:g}: each CPU replica needs a core of its own. "
                 f"Fix: set cpus: {self.per_node} or more, or fewer replicas"

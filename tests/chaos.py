@@ -118,6 +118,12 @@ def containers(ids: set[str]) -> list:
         return []
 
 
+def running(results: Path, docker: bool) -> bool:
+    """Whether some job of the suite trains now: a worker process here, or one of its containers."""
+    ids = run_ids(results)
+    return bool(workers(ids) or (docker and containers(ids)))
+
+
 KINDS = ("worker", "container", "driver-kill", "driver-term", "driver-int")
 
 
@@ -171,7 +177,7 @@ def chaos(
             if sum(figures.kills.values()) < kills:
                 # A random point of the training: once some worker runs (or after a minute), then 1-8 s on.
                 started = time.monotonic() + 60
-                while time.monotonic() < started and driver.poll() is None and not workers(run_ids(results)):
+                while time.monotonic() < started and driver.poll() is None and not running(results, docker):
                     time.sleep(0.2)
                 deadline = time.monotonic() + rng.uniform(1, 3 if order else 8)
                 while time.monotonic() < deadline and driver.poll() is None:

@@ -260,3 +260,10 @@ def test_a_tensorflow_job_across_two_nodes_trains_with_multi_worker_mirrored_str
     assert [e["epoch"] for e in done["epochs"]] == [1, 2]
     log = (results / "tfwide" / "tf-wide" / "log.txt").read_text()
     assert log.count("epoch 2/2 ") == 1, log
+
+
+def test_one_replica_may_have_a_share_of_a_core() -> None:
+    from schemas import JobSpec
+
+    spec = JobSpec(name="j", framework="torch", model={"arch": "alexnet"}, resources={"cpus": 0.5})
+    assert (spec.resources.world, spec.resources.threads) == (1, 1)
