@@ -165,14 +165,15 @@ def test_status_and_plan_show_the_search(searched) -> None:
 
 # --- Ctrl-C and the same command ------------------------------------------------------------------------------
 
-# Three short trials one at a time, every one to its end (fifo): a Ctrl-C while the second trains.
+# Three short trials one at a time, every one to its end (fifo): a Ctrl-C once the second has one epoch, so two
+# epochs (about 12 s here) are left to it, more than Tune takes to end a trial (its 5 s grace, then a kill).
 RESUMED = {
     **SEARCH,
     "suite": "digits-resume",
     "defaults": {
         **SEARCH["defaults"],
         "dataset": {"name": "digits", "image_size": 64, "limit": 300},
-        "train": {**SEARCH["defaults"]["train"], "epochs": 2},
+        "train": {**SEARCH["defaults"]["train"], "epochs": 3},
     },
     "search": {
         "name": "lr",
@@ -193,9 +194,9 @@ def test_ctrl_c_then_the_same_command_resumes_without_running_a_finished_trial_a
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 900
         second = tmp_path / "results" / "digits-resume" / "lr" / "lr-2" / "progress.json"
-        while time.monotonic() < deadline and proc.poll() is None and not second.is_file():
-            time.sleep(0.5)
-        assert second.is_file(), (tmp_path / "first.txt").read_text()[-4000:]
+        while time.monotonic() < deadline and proc.poll() is None and _epoch(second) < 1:
+            time.sleep(0.3)
+        assert _epoch(second) >= 1, (tmp_path / "first.txt").read_text()[-4000:]
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=180)
     first = (tmp_path / "first.txt").read_text()
@@ -212,16 +213,24 @@ def test_ctrl_c_then_the_same_command_resumes_without_running_a_finished_trial_a
     trials = trial_folders(tmp_path, "digits-resume", "lr")
     assert list(trials) == ["lr-1", "lr-2", "lr-3"]
     assert (trials["lr-1"] / "result.json").read_bytes() == done_before, "a finished trial ran again"
-    assert (trials["lr-1"] / "log.txt").read_text().count("epoch 1/2") == 1
+    assert (trials["lr-1"] / "log.txt").read_text().count("epoch 1/3") == 1
     for name, folder in trials.items():
         status = store.trial(name).read_status()
         assert status.state == JobState.SUCCEEDED, (name, status)
         result = RunResult.model_validate_json((folder / "result.json").read_text())
-        assert [e.epoch for e in result.epochs] == [1, 2]
+        assert [e.epoch for e in result.epochs] == [1, 2, 3]
     resumed = RunResult.model_validate_json((trials["lr-2"] / "result.json").read_text())
     # Stopped before its first checkpoint, after it, or after its last one (before result.json was written).
-    assert resumed.resumed_from_epoch in (None, 2, 3)
+    assert resumed.resumed_from_epoch in (None, 2, 3, 4)
     assert "resume: 1 of 3 trials finished" in again.stdout, again.stdout[:4000]
+
+
+def _epoch(progress: Path) -> int:
+    """The epoch a trial's progress.json has reached; 0 before it is written."""
+    try:
+        return int(json.loads(progress.read_text()).get("epoch") or 0)
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def _workers_in(folder: Path) -> list[str]:
