@@ -428,5 +428,5 @@ def test_the_plan_starts_a_changed_search_again_and_says_what_changed(tmp_path: 
     assert (again.action, again.why) == ("resume", "resume: 0 of 3 trials finished")
     wider = {**RESUMED, "search": {**RESUMED["search"], "samples": 4}}
     assert planned(wider).why.startswith("the search block changed: starts again")
-    longer = {**RESUMED, "defaults": {**RESUMED["defaults"], "train": {**RESUMED["defaults"]["train"], "epochs": 3}}}
-    assert planned(longer).why.startswith("its base changed: train.epochs 2 → 3: starts again")
+    longer = {**RESUMED, "defaults": {**RESUMED["defaults"], "train": {**RESUMED["defaults"]["train"], "epochs": 4}}}
+    assert planned(longer).why.startswith("its base changed: train.epochs 3 → 4: starts again")
