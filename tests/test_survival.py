@@ -159,6 +159,43 @@ def test_a_stop_while_the_command_still_imports_exits_with_its_code_and_no_trace
     assert line in out and "Traceback" not in out
 
 
+# A stop signal that arrives while `import ray` runs, sent by an import hook at one of Ray's own modules.
+STOP_IN_RAY_IMPORT = """
+import os, runpy, signal, sys
+
+class StopInRayImport:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray._private.worker":
+            os.kill(os.getpid(), int(os.environ["STOP_SIGNAL"]))
+        return None
+
+sys.meta_path.insert(0, StopInRayImport())
+sys.argv = ["gridrun", *sys.argv[1:]]
+runpy.run_module("runner", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("sig, code, line", STOPS)
+def test_a_stop_that_cuts_rays_import_short_exits_with_its_code_and_no_traceback(
+    tmp_path: Path, sig: int, code: int, line: str
+) -> None:
+    # Ray half imported cannot be imported again: the clean-up must not try (it ended such a stop with code 1).
+    suite = write_suite(tmp_path, 1)
+    cmd = [sys.executable, "-c", STOP_IN_RAY_IMPORT, "run", str(suite), "--results", str(tmp_path / "results")]
+    out = subprocess.run(
+        [*cmd, "--cache", str(tmp_path / "cache"), "--no-report"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "400", "STOP_SIGNAL": str(int(sig))},
+    )
+    said = out.stdout + out.stderr
+    assert out.returncode == code, said
+    assert line in said and "Traceback" not in said, said
+    assert not (tmp_path / "results" / "long" / "first" / "result.json").exists()
+
+
 @pytest.mark.runs
 def test_a_lease_on_object_storage_refuses_a_second_driver_and_lapses_when_its_holder_dies(
     s3server: S3Server, monkeypatch: pytest.MonkeyPatch

@@ -601,9 +601,11 @@ def nodes() -> list[Node]:
 
 
 def shutdown() -> None:
+    """Stop the embedded Ray or leave the cluster; nothing when Ray was never imported."""
     global _current
-    import ray
-
     _current = None
-    if ray.is_initialized():
+    # Not `import ray`: after a stop signal cut Ray's import short, importing it again fails on its half-loaded
+    # parts. A Ray that is not imported, or whose import failed (so left sys.modules), has started nothing.
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
         ray.shutdown()
