@@ -156,8 +156,12 @@ def test_tensorboard_serves_every_run_as_suite_slash_job(results: Path, smoke_re
         assert url.startswith("http://127.0.0.1:") and not url.endswith(":6006/")
         runs = poll(lambda: set(get(url + "data/runs")), lambda r: r >= expected)
         assert runs == expected
-        tags = poll(lambda: get(url + "data/plugin/scalars/tags"), lambda t: set(t) >= expected)
-        for run in expected:
+        # A run stopped before its first epoch ended (the smoke suite's timeout, when a warm start opens its writer
+        # in time) has its hparams session but no scalars, images or spec text: those are asked of the others.
+        trained = {run for run in expected if JobPaths(results / run).read_result() is not None}
+        assert {"smoke/smoke-torch", "smoke/smoke-tf"} <= trained
+        tags = poll(lambda: get(url + "data/plugin/scalars/tags"), lambda t: set(t) >= trained)
+        for run in trained:
             assert set(TAGS.values()) <= set(tags[run]), run
         result = JobPaths(results / "smoke" / "smoke-torch").read_result()
         query = urllib.parse.urlencode({"run": "smoke/smoke-torch", "tag": TAGS["test_accuracy"]})
@@ -166,7 +170,7 @@ def test_tensorboard_serves_every_run_as_suite_slash_job(results: Path, smoke_re
         assert [v for _, _, v in series] == pytest.approx([e.test_accuracy for e in result.epochs], abs=1e-6)
         images = get(url + "data/plugin/images/tags")
         texts = get(url + "data/plugin/text/tags")
-        for run in expected:
+        for run in trained:
             assert TAG_CONFUSION in images[run] and TAG_SPEC in texts[run], run
         # HParams: one session per run, with the trainers' hyper-parameters.
         experiment = post(url + "data/plugin/hparams/experiment", {"experimentName": ""})
