@@ -11,6 +11,7 @@
    wall time less that import and less the training and evaluation the worker measured.
 3. A sweep: --sweep one-epoch jobs of 1 CPU on the embedded Ray; its utilisation is the jobs' summed time over
    the slots times the wall time of the jobs phase (1.0: every slot always busy).
+   The same command once more on the head `gridrun up` keeps: no Ray of its own to start and stop.
 Targets (issue 13): the driver imports no framework; a one-job command within 5 s of its job; a run at most
 1.5 s beyond its framework's import as a process, 1 s more in a container; the sweep within 1.2x of ideal.
 """
@@ -66,11 +67,12 @@ def suite_file(folder: Path, name: str, jobs: int, framework: str = "torch") -> 
     return path
 
 
-def run_suite(suite: Path, results: Path) -> tuple[float, dict, dict]:
+def run_suite(suite: Path, results: Path, env: dict[str, str] | None = None) -> tuple[float, dict, dict]:
     """`gridrun run` in a child: its wall time, what the driver loaded, and summary.json."""
     t0 = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", DRIVER, "run", str(suite), "--results", str(results)],
-                          cwd=REPO, capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})  # fmt: skip
+                          cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200", **(env or {})})  # fmt: skip
     wall = time.perf_counter() - t0
     if done.returncode != 0:
         raise SystemExit(f"gridrun run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -87,15 +89,30 @@ def job_seconds(folder: Path) -> float:
     ).total_seconds()
 
 
-def command(tmp: Path) -> None:
+def one_job(tmp: Path, label: str, env: dict[str, str] | None = None) -> dict:
+    """`gridrun run` of a one-job suite: its wall time against its job's, and its phases, printed."""
+    tmp.mkdir()
     suite = suite_file(tmp, "one", 1)
-    wall, driver, summary = run_suite(suite, tmp / "results")
+    wall, driver, summary = run_suite(suite, tmp / "results", env)
     job = job_seconds(tmp / "results" / "one" / "j000")
     phases = ", ".join(f"{k} {v:.2f} s" for k, v in summary["command_seconds"].items())
-    print(f"driver: imported frameworks {driver['frameworks'] or 'none'}, peak {driver['peak_mb']:.0f} MB")
-    print(f"one-job command: {wall:.2f} s wall for a {job:.2f} s job: {wall - job:.2f} s beyond it (target 5 s)")
+    print(f"{label}: {wall:.2f} s wall for a {job:.2f} s job: {wall - job:.2f} s beyond it (target 5 s)")
     rest = wall - sum(summary["command_seconds"].values())
     print(f"  phases: {phases}; then report, Ray shutdown, the interpreter's start, imports and exit {rest:.2f} s")
+    return driver
+
+
+def command(tmp: Path) -> None:
+    """The one-job command on an embedded Ray of its own, then on the head `gridrun up` keeps."""
+    driver = one_job(tmp / "embedded", "one-job command")
+    print(f"driver: imported frameworks {driver['frameworks'] or 'none'}, peak {driver['peak_mb']:.0f} MB")
+    state = {"GRIDRUN_STATE_DIR": str(tmp / "state")}
+    gridrun = [sys.executable, "-m", "runner"]
+    subprocess.run([*gridrun, "up"], cwd=REPO, check=True, capture_output=True, env={**os.environ, **state})
+    try:
+        one_job(tmp / "kept", "one-job command on the head `gridrun up` keeps", state)
+    finally:
+        subprocess.run([*gridrun, "down"], cwd=REPO, capture_output=True, env={**os.environ, **state})
 
 
 def job_folder(root: Path, framework: str) -> tuple[JobPaths, SpecFile]:
@@ -197,6 +214,7 @@ def main() -> None:
     frameworks = [f for f in args.frameworks.split(",") if f]
     with tempfile.TemporaryDirectory(prefix="gridrun-bench-overhead-") as tmp:
         root = Path(tmp)
+        os.environ["GRIDRUN_STATE_DIR"] = str(root / "no-head")  # a head the user keeps must not serve these
         (root / "cache").mkdir()
         (root / "command").mkdir()
         command(root / "command")

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import pytest
 from s3server import S3Server, running_s3_server
 
 REPO = Path(__file__).resolve().parents[1]
+# A head kept by `gridrun up` (the user's, or another test's) must not serve the tests' commands: each test
+# process has a state folder of its own, and tests of the kept head one per test.
+os.environ["GRIDRUN_STATE_DIR"] = tempfile.mkdtemp(prefix="gridrun-state-")
 
 
 def gridrun(

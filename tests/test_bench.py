@@ -27,6 +27,7 @@ def test_the_overhead_bench_prints_the_command_run_and_sweep_figures() -> None:
     assert "driver: imported frameworks none" in out, out
     for figure in (
         "one-job command:",
+        "one-job command on the head `gridrun up` keeps:",
         "phases: checks",
         "torch      process cold: run",
         "torch      process warm: run",

@@ -41,7 +41,7 @@ def write_suite(tmp_path: Path, epochs: int, lr: float = 0.01) -> Path:
     return suite
 
 
-def start(tmp_path: Path, suite: Path) -> subprocess.Popen[str]:
+def start(tmp_path: Path, suite: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """`gridrun run` in its own session, as from a terminal (Ctrl-C reaches its whole process group)."""
     cmd = [sys.executable, "-m", "runner", "run", str(suite), "--results", str(tmp_path / "results")]
     return subprocess.Popen(
@@ -51,7 +51,7 @@ def start(tmp_path: Path, suite: Path) -> subprocess.Popen[str]:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        env={**os.environ, "COLUMNS": "400"},
+        env={**os.environ, "COLUMNS": "400", **(env or {})},
     )
 
 

@@ -3,7 +3,7 @@
 import signal
 import sys
 
-from runner.cli import images, models, remote, report, run
+from runner.cli import head, images, models, remote, report, run
 from runner.cli.app import app, err
 from runner.errors import Stopped, UserError, stop_name, stop_signal
 from runner.schedule import cluster as ray_cluster
@@ -34,7 +34,7 @@ def main() -> None:
     # Ray reads RAY_AUTH_MODE once, when it is first imported (some verbs import it early): a token given in
     # RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH turns token mode on before that.
     ray_cluster.token_mode()
-    for module in (run, images, report, remote, models):
+    for module in (run, head, images, report, remote, models):
         module.register(app)
     try:
         # Outside standalone mode typer returns the code of typer.Exit (130 for Ctrl-C) instead of exiting.

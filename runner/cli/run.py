@@ -22,6 +22,7 @@ from runner.plan.search import PlannedSearch, plan_search, search_table
 from runner.prepare import Cache, Preparer, build_images, default_cache, inputs
 from runner.report.live import LiveView, SearchView
 from runner.schedule import cluster as ray_cluster
+from runner.schedule import head as kept_head
 from runner.store import BAD_FILE_FIX, JobStore, ResultsStore, SuiteLock, SuiteStore, locate
 from runner.store.lock import me
 from runner.suite import LoadedSuite, load_suite
@@ -167,6 +168,10 @@ def _open(
         raise UserError(
             "--gpus and --cpus describe the embedded Ray; with --address the cluster has its own. Fix: drop them."
         )
+    if address is None and (gpus is not None or cpus is not None):
+        found = kept_head.find(lambda m: console.print(f"[yellow]note: {escape(m)}[/]", highlight=False))
+        if found is not None:
+            raise kept_head.declared_refused(found)
     # A message names the option it is about.
     try:
         store = ResultsStore.open(results, create=True)
@@ -212,7 +217,10 @@ def _prepare_plan(
             highlight=False,
         )
     run_id = lock.owner.run_id if lock is not None else None
-    cluster = ray_cluster.connect(address, num_gpus=gpus, num_cpus=cpus, insecure=insecure, run_id=run_id)
+    cluster = ray_cluster.connect(
+        address, num_gpus=gpus, num_cpus=cpus, insecure=insecure, run_id=run_id,
+        say=lambda m: console.print(f"[yellow]note: {escape(m)}[/]", highlight=False),
+    )  # fmt: skip
     phases.lap("Ray start")
     console.print(cluster.describe(), highlight=False)
     if store.local is not None:

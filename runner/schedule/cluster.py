@@ -26,7 +26,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -34,6 +34,7 @@ from urllib.parse import urlparse
 from runner.errors import Stopped, UserError
 from runner.execute import reaper
 from runner.plan.nodes import Node
+from runner.schedule import head as kept_head
 
 CLIENT_PORT = 10001  # Ray Client's default port on the head
 # Ray's driver exits by itself when the GCS stays away this long; gridrun notices a lost head sooner
@@ -57,6 +58,7 @@ class Cluster:
     address: str  # "local" for the embedded instance
     nodes: list[Node]
     probe: tuple[str, int] | None = None  # host and port that answer while the head is up
+    kept: bool = False  # the kept local head of `gridrun up`
 
     @property
     def embedded(self) -> bool:
@@ -68,6 +70,8 @@ class Cluster:
 
     def describe(self) -> str:
         where = "embedded local Ray" if self.embedded else f"Ray cluster at {self.address}"
+        if self.kept:
+            where = f"kept local Ray head (gridrun up) at {self.address}"
         cpus = sum(n.cpus for n in self.nodes)
         return f"{where}: {len(self.nodes)} node(s), {cpus:g} CPUs, {self.gpus:g} GPUs"
 
@@ -512,14 +516,21 @@ def attach(address: str, insecure: bool = False) -> Target:
     return target
 
 
+def _say(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
 def connect(
     address: str | None = None,
     num_gpus: float | None = None,
     num_cpus: int | None = None,
     insecure: bool = False,
     run_id: str | None = None,
+    kept: bool = True,
+    say: Callable[[str], None] = _say,
 ) -> Cluster:
-    """Start an embedded Ray (dashboard off, everything on 127.0.0.1, a private token) or attach to `address`."""
+    """Start an embedded Ray (dashboard off, everything on 127.0.0.1, a private token) or attach to `address`;
+    with no address and `kept`, attach to the kept head of `gridrun up` where one is up."""
     global _current
     token_mode()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -531,6 +542,10 @@ def connect(
 
     if ray.is_initialized():
         return _current or Cluster("local" if address is None else address, nodes())
+    found = kept_head.find(say) if address is None and kept else None
+    if found is not None:
+        _current = _attach_kept(ray, found, num_gpus, num_cpus, run_id or uuid.uuid4().hex[:12])
+        return _current
     if address is not None:
         target = attach(address, insecure)
         if target.kind == "client":
@@ -546,6 +561,41 @@ def connect(
         _init_local(ray, num_gpus, num_cpus)
     _current = Cluster("local", nodes())
     return _current
+
+
+def _attach_kept(ray, found: kept_head.Head, num_gpus: float | None, num_cpus: int | None, run_id: str) -> Cluster:
+    """Attach to the kept head: no Ray to start or stop. The run's processes carry its own mark, so that its
+    watchdog and a later run's clean-up find them, and leave the head's alone."""
+    if num_gpus is not None or num_cpus is not None:
+        raise kept_head.declared_refused(found)
+    mine = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if (found.ray, found.python) != (ray.__version__, mine):
+        raise UserError(
+            f"the {found.describe()} runs Ray {found.ray} with Python {found.python}; this gridrun runs Ray "
+            f"{ray.__version__} with Python {mine}, and a Ray driver must match its cluster. "
+            "Fix: `gridrun down`, then `gridrun up` from this environment."
+        )
+    reaper.guard_run(run_id)
+    # The head's workers have the environment `gridrun up` had: this command's own settings go with its jobs,
+    # and its gridrun code (the same files, on the same machine: nothing to upload).
+    root = str(Path(__file__).resolve().parents[2])
+    env = {k: v for k, v in os.environ.items() if k.startswith("GRIDRUN_")}
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    try:
+        with _own_signals():
+            ray.init(
+                address=found.address,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                runtime_env={"env_vars": env},
+            )
+    except Exception as e:  # it answered a moment ago: stopped since, or changed
+        said = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(
+            f"cannot attach to the {found.describe()}: {said[:300]}. "
+            "Fix: `gridrun down`, then `gridrun up` again (or leave it down: each command then starts its own Ray)."
+        ) from None
+    return Cluster(found.address, nodes(), ("127.0.0.1", found.port), kept=True)
 
 
 def _init_local(ray, num_gpus: float | None, num_cpus: int | None) -> None:
