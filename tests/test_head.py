@@ -6,11 +6,13 @@ Each test has a state folder of its own (GRIDRUN_STATE_DIR), so its head serves 
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import gridrun
+from conftest import REPO, gridrun
 from test_survival import epoch, job_dir, left_behind, run_id, start, wait_for_epoch, write_suite
 
 from runner.execute.reaper import marked
@@ -77,6 +79,7 @@ def test_a_kept_head_serves_each_command_until_down_and_leaves_nothing(tmp_path:
             stopped.stdout
         ), stopped.stdout + stopped.stderr
         assert _gone(kept.pid) and marked(kept.mark) == [] and not (state / "head.json").exists()
+        assert _carrying(state) == [], "nothing the head or the command started is left"
         none = gridrun("down", env=_env(state))
         assert none.returncode == 0 and "no kept Ray head is up" in none.stdout
     finally:
@@ -157,3 +160,67 @@ def test_up_refuses_what_ray_cannot_declare_before_starting_anything(tmp_path: P
         assert done.returncode == 2, done.stdout + done.stderr
         assert "is not a number of" in done.stderr and "Fix:" in done.stderr and "Traceback" not in done.stderr
         assert not (state / "head.json").exists()
+
+
+def test_two_ups_at_once_keep_one_head(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    cmd = [sys.executable, "-m", "runner", "up"]
+    env = {**os.environ, **_env(state)}
+    try:
+        ups = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=180)[0] for p in ups]
+        assert [p.returncode for p in ups] == [0, 0], outs
+        assert sorted(o.split(":")[0] for o in outs) == ["already up", "up"], outs
+        kept = head.read(state)
+        assert isinstance(kept, head.Head)
+        daemons = [int(p.name) for p in Path("/proc").glob("[0-9]*") if _serving(p, state)]
+        assert daemons == [kept.pid], "one daemon"
+    finally:
+        _down(state)
+
+
+def test_an_up_stopped_while_its_head_starts_leaves_nothing(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {**os.environ, **_env(state)}
+    try:
+        up = subprocess.Popen([sys.executable, "-m", "runner", "up"], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while len(_carrying(state, within=0)) < 3 and time.monotonic() < deadline and up.poll() is None:
+            time.sleep(0.05)  # until Ray's first processes run beside `up` and its daemon: Ray is half up
+        up.send_signal(signal.SIGTERM)
+        out, errs = up.communicate(timeout=60)
+        if up.returncode == 0:
+            pytest.skip("the head was up before the signal came")
+        assert up.returncode == 143 and "stopped by SIGTERM" in errs and "Traceback" not in errs, out + errs
+        assert not (state / "head.json").exists()
+        assert _carrying(state) == [], "neither the daemon nor any Ray process it started is left"
+    finally:
+        _down(state)
+
+
+def _carrying(state: Path, within: float = 30) -> list[int]:
+    """The processes started with this test's state folder (`up`'s daemon and all it started), after `within`
+    seconds at most (a watchdog sweeps a few seconds in)."""
+    needle = f"{head.STATE_ENV}={state}".encode()
+    deadline = time.monotonic() + within
+    while True:
+        found = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if needle in (proc / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def _serving(proc: Path, state: Path) -> bool:
+    """Whether /proc/<pid> `proc` is a kept head's daemon for `state`."""
+    try:
+        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    return b"runner.schedule.head serve " + str(state).encode() in cmdline
