@@ -224,3 +224,25 @@ def _serving(proc: Path, state: Path) -> bool:
     except OSError:
         return False
     return b"runner.schedule.head serve " + str(state).encode() in cmdline
+
+
+def test_a_state_folder_that_cannot_be_used_is_one_message(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    done = gridrun("up", env=_env(blocker / "state"))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"the kept head's state folder {blocker / 'state'} cannot be used" in done.stderr
+    assert "GRIDRUN_STATE_DIR" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_head_file_that_is_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    outside = tmp_path / "elsewhere.json"
+    fake = head.Head("127.0.0.1:1", 1, 1, 0, "2.0", "3.11", 0.0, "x")
+    outside.write_text(json.dumps(fake.__dict__))
+    (state / "head.json").symlink_to(outside)
+    said: list[str] = []
+    assert head.find(said.append, state) is None
+    assert "cannot be read" in said[0] and not (state / "head.json").is_symlink()
+    assert outside.read_text() == json.dumps(fake.__dict__), "what the link pointed at is untouched"

@@ -81,8 +81,14 @@ def _state(folder: Path) -> Path:
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     """One `up`, `down` or clean-up of a stale file at a time."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(folder / "head.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(folder / "head.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise UserError(
+            f"the kept head's state folder {folder} cannot be used ({e.strerror or e}). "
+            f"Fix: set {STATE_ENV} to a folder of yours."
+        ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
