@@ -30,9 +30,10 @@ def up(gpus: GpusOpt = None, cpus: CpusOpt = None) -> None:
 @app.command()
 def down(
     quiet: Annotated[bool, typer.Option("--quiet", help="Say nothing when no head is up.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Stop it even while commands run jobs on it.")] = False,
 ) -> None:
-    """Stop the local Ray head `gridrun up` kept (the jobs running on it are stopped with it)."""
-    stopped = head.down()
+    """Stop the local Ray head `gridrun up` kept; one that runs jobs only with --force (they stop with it)."""
+    stopped = head.down(force=force)
     if stopped is not None:
         console.print(f"stopped the {escape(stopped.describe())}", highlight=False)
     elif not quiet:

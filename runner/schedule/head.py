@@ -27,11 +27,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from runner.errors import Stopped, UserError
+from runner.execute.reaper import MARK
 
 STATE_ENV = "GRIDRUN_STATE_DIR"
 START_S = 120.0  # a head that is not up by then (a loaded machine takes seconds) is given up on
 STOP_S = 30.0
 CHECK_S = 2.0  # how often the daemon checks that its Ray still answers
+SETTLE_S = 8.0  # beyond a watchdog's grace and its SIGTERM wait (runner.execute.reaper)
 MAX_STATE_BYTES = 64 * 1024
 SERVE = "runner.schedule.head"
 
@@ -227,8 +229,42 @@ def _end(pid: int, timeout: float = STOP_S) -> bool:
     return not _daemon_alive(pid)
 
 
-def down(folder: Path | None = None) -> Head | None:
-    """Stop the kept head; the one stopped, or None when none was up."""
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux: /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        out += below
+        todo += below
+    return out
+
+
+def busy(found: Head) -> list[str]:
+    """The runs that have jobs on the head now: its Ray workers carrying a run's mark, not the head's own (Ray
+    ends a command's workers when the command leaves)."""
+    runs = set()
+    prefix = f"{MARK}=".encode()
+    for pid in _descendants(found.pid):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        mark = next((v[len(prefix) :].decode(errors="replace") for v in env if v.startswith(prefix)), found.mark)
+        if mark != found.mark:
+            runs.add(mark)
+    return sorted(runs)
+
+
+def down(folder: Path | None = None, force: bool = False) -> Head | None:
+    """Stop the kept head; the one stopped, or None when none was up. A head with jobs running is stopped only
+    when `force`d."""
     folder = folder or state_dir()
     with _locked(folder):
         found = read(folder)
@@ -236,6 +272,19 @@ def down(folder: Path | None = None) -> Head | None:
             _state(folder).unlink(missing_ok=True)
             return None
         alive = _daemon_alive(found.pid)
+        running = busy(found) if alive else []
+        # A command that has just ended leaves its workers for a second or two (Ray ends them, its watchdog
+        # sweeps): only a run whose workers stay is running.
+        deadline = time.monotonic() + SETTLE_S
+        while running and time.monotonic() < deadline:
+            time.sleep(0.25)
+            running = busy(found)
+        if running and not force:
+            raise UserError(
+                f"the {found.describe()} is running the jobs of {len(running)} command(s) (run "
+                f"{', '.join(running[:5])}{', ...' if len(running) > 5 else ''}): stopping it would stop them. "
+                "Nothing was stopped. Fix: wait for them to end, or `gridrun down --force`."
+            )
         if alive and not _end(found.pid):
             raise UserError(
                 f"the kept Ray head's daemon (pid {found.pid}) did not end. Fix: `kill -9 {found.pid}`, then "
@@ -259,7 +308,6 @@ def _write_state(folder: Path, head: Head) -> None:
 
 def serve(folder: Path, cpus: int | None, gpus: float | None) -> int:
     """Start an embedded Ray, record it, hold it until a stop signal or until it stops answering."""
-    from runner.execute import reaper
     from runner.schedule import cluster
 
     stop = threading.Event()
@@ -293,7 +341,7 @@ def serve(folder: Path, cpus: int | None, gpus: float | None) -> int:
         ray=ray.__version__,
         python=f"{sys.version_info.major}.{sys.version_info.minor}",
         started_at=time.time(),
-        mark=os.environ.get(reaper.MARK, ""),
+        mark=os.environ.get(MARK, ""),
     )
     _write_state(folder, head)
     print(f"up: {head.describe()}", flush=True)
