@@ -253,3 +253,13 @@ def test_a_head_file_that_is_a_symlink_is_not_followed(tmp_path: Path) -> None:
     assert head.find(said.append, state) is None
     assert "cannot be read" in said[0] and not (state / "head.json").is_symlink()
     assert outside.read_text() == json.dumps(fake.__dict__), "what the link pointed at is untouched"
+
+
+def test_a_head_that_cannot_start_says_why_in_one_message(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    missing = tmp_path / "no-token-here"
+    done = gridrun("up", env={**_env(state), "RAY_AUTH_TOKEN_PATH": str(missing)})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"the kept Ray head did not start: RAY_AUTH_TOKEN_PATH names {missing}" in done.stderr, done.stderr
+    assert "Fix:" in done.stderr and "Traceback" not in done.stderr
+    assert not (state / "head.json").exists() and _carrying(state) == []

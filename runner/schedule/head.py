@@ -197,9 +197,11 @@ def up(cpus: int | None, gpus: float | None, folder: Path | None = None) -> tupl
         except BaseException:  # Ctrl-C while it starts: nothing is left half-up
             _end(proc.pid)
             raise
+        how = "it exited" if proc.poll() is not None else f"not up within {START_S:g} s"
         _end(proc.pid)
         tail = _tail(log)
-        how = "it exited" if proc.poll() is not None else f"not up within {START_S:g} s"
+        if tail.startswith("error: "):  # the daemon's own one message, with its fix
+            raise UserError(f"the kept Ray head did not start: {tail.removeprefix('error: ')} (its log: {log})")
         raise UserError(
             f"the kept Ray head did not start ({how}){': ' + tail if tail else ''}. "
             f"Fix: see {log}; without `gridrun up` each command starts its own Ray."
@@ -207,6 +209,7 @@ def up(cpus: int | None, gpus: float | None, folder: Path | None = None) -> tupl
 
 
 def _tail(log: Path) -> str:
+    """The last line the daemon wrote, cut to a message's length."""
     try:
         lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
@@ -321,15 +324,15 @@ def serve(folder: Path, cpus: int | None, gpus: float | None) -> int:
     signal.signal(signal.SIGTERM, _stopped)  # while Ray starts: the start is cut short, nothing is left
     try:
         connected = cluster.connect(None, num_gpus=gpus, num_cpus=cpus, run_id=f"head-{os.getpid()}", kept=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, _stop)
     except (Stopped, KeyboardInterrupt):
         cluster.shutdown()
         return 143
     except UserError as e:  # `up` shows this line
         cluster.shutdown()
-        print(f"error: {e}", flush=True)
+        print(f"error: {' '.join(str(e).split())}", flush=True)  # one line: `up` shows the last
         return 2
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, _stop)
     import ray
 
     address = ray.get_runtime_context().gcs_address
