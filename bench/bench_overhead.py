@@ -112,7 +112,7 @@ def command(tmp: Path) -> None:
     try:
         one_job(tmp / "kept", "one-job command on the head `gridrun up` keeps", state)
     finally:
-        subprocess.run([*gridrun, "down"], cwd=REPO, capture_output=True, env={**os.environ, **state})
+        subprocess.run([*gridrun, "down", "--force"], cwd=REPO, capture_output=True, env={**os.environ, **state})
 
 
 def job_folder(root: Path, framework: str) -> tuple[JobPaths, SpecFile]:
