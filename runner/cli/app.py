@@ -4,6 +4,7 @@ import os
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(
     name="gridrun",
@@ -21,3 +22,8 @@ def _width(probe: Console) -> int | None:
 
 console = Console(width=_width(Console()))
 err = Console(stderr=True, width=_width(Console(stderr=True)))
+
+
+def note(message: str) -> None:
+    """A side remark a command makes on its way (a library missing, a kept head gone), in yellow."""
+    console.print(f"[yellow]note: {escape(message)}[/]", highlight=False)

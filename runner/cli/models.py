@@ -6,7 +6,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from runner.cli.app import app, console
+from runner.cli.app import app, console, note
 from runner.errors import UserError
 from runner.prepare import default_cache
 from runner.train.probe import Catalog, Listing
@@ -86,7 +86,7 @@ def models(
         except ValueError as e:
             raise UserError(f"--framework: {e}. Fix: pick one of those, or leave it out for all") from None
     needle = _filter(contains)
-    catalog = Catalog(default_cache(), say=lambda m: console.print(f"[yellow]note: {escape(m)}[/]", highlight=False))
+    catalog = Catalog(default_cache(), say=note)
     zoos = [z for z in ZOOS.values() if framework in (None, z.framework)]
     catalog.ask(zoos)
     tables = [_twins(framework, needle)]

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from runner.cli.app import app, console, err
+from runner.cli.app import app, console, err, note
 from runner.errors import UserError
 from runner.execute import reaper
 from runner.plan import PlannedJob, check_links, disk, make_plan, models, plan_table
@@ -169,7 +169,7 @@ def _open(
             "--gpus and --cpus describe the embedded Ray; with --address the cluster has its own. Fix: drop them."
         )
     if address is None and (gpus is not None or cpus is not None):
-        found = kept_head.find(lambda m: console.print(f"[yellow]note: {escape(m)}[/]", highlight=False))
+        found = kept_head.find(note)
         if found is not None:
             raise kept_head.declared_refused(found)
     # A message names the option it is about.
@@ -188,7 +188,7 @@ def _open(
 
 
 def _catalog(cache: Path) -> models.Catalog:
-    return models.Catalog(cache, say=lambda m: console.print(f"[yellow]note: {escape(m)}[/]", highlight=False))
+    return models.Catalog(cache, say=note)
 
 
 def _prepare_plan(
@@ -217,10 +217,7 @@ def _prepare_plan(
             highlight=False,
         )
     run_id = lock.owner.run_id if lock is not None else None
-    cluster = ray_cluster.connect(
-        address, num_gpus=gpus, num_cpus=cpus, insecure=insecure, run_id=run_id,
-        say=lambda m: console.print(f"[yellow]note: {escape(m)}[/]", highlight=False),
-    )  # fmt: skip
+    cluster = ray_cluster.connect(address, num_gpus=gpus, num_cpus=cpus, insecure=insecure, run_id=run_id, say=note)
     phases.lap("Ray start")
     console.print(cluster.describe(), highlight=False)
     if store.local is not None:

@@ -69,9 +69,10 @@ class Cluster:
         return sum(n.gpus for n in self.nodes)
 
     def describe(self) -> str:
-        where = "embedded local Ray" if self.embedded else f"Ray cluster at {self.address}"
         if self.kept:
-            where = f"kept local Ray head (gridrun up) at {self.address}"
+            where = f"{kept_head.KEPT} at {self.address}"
+        else:
+            where = "embedded local Ray" if self.embedded else f"Ray cluster at {self.address}"
         cpus = sum(n.cpus for n in self.nodes)
         return f"{where}: {len(self.nodes)} node(s), {cpus:g} CPUs, {self.gpus:g} GPUs"
 

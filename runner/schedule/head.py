@@ -36,6 +36,7 @@ CHECK_S = 2.0  # how often the daemon checks that its Ray still answers
 SETTLE_S = 8.0  # beyond a watchdog's grace and its SIGTERM wait (runner.execute.reaper)
 MAX_STATE_BYTES = 64 * 1024
 SERVE = "runner.schedule.head"
+KEPT = "kept local Ray head (gridrun up)"  # how commands name it
 
 
 def state_dir() -> Path:
@@ -65,7 +66,7 @@ class Head:
         return int(self.address.rpartition(":")[2])
 
     def describe(self) -> str:
-        return f"kept local Ray head (gridrun up) at {self.address}: {self.cpus:g} CPUs, {self.gpus:g} GPUs"
+        return f"{KEPT} at {self.address}: {self.cpus:g} CPUs, {self.gpus:g} GPUs"
 
 
 def declared_refused(found: Head) -> UserError:
